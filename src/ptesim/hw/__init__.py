@@ -1,0 +1,2 @@
+"""The hardware model: CPUs with ASIDs and per-CPU TLBs, and the architectural effect of every
+invalidation instruction."""

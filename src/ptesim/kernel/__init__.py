@@ -1,0 +1,1 @@
+"""The architecture-independent memory-management model (``mm/``, ``kernel/fork.c``)."""

@@ -1,0 +1,332 @@
+"""Kernel feature flags and the named presets built from them.
+
+A preset is data: a :class:`KernelConfig` whose every field is one behaviour of the fork/exit/COW path
+that changed in a specific patch.  Model code asks ``cfg.<flag>``; it never asks for a version.  Each
+flag's metadata cites the series, patch or commit that introduced it (see ``docs/presets.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ptesim.errors import UsageError
+
+ForkBatch = Literal["none", "cont_mapped", "folio_pte_batch"]
+FoldPolicy = Literal["none", "every_set", "set_ptes_nr1"]
+WrprotectImpl = Literal["generic", "set_wrprotects", "contpte_wrprotect_ptes"]
+SetPtesImpl = Literal["v1", "v6.9"]
+ExitImpl = Literal["none", "full_no_unfold", "clear_full_ptes"]
+
+
+def _flag(default: Any, doc: str, cite: str) -> Any:
+    return field(default=default, metadata={"doc": doc, "cite": cite})
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One kernel: which fork/zap/contpte behaviours it has.  Immutable; see :func:`preset`."""
+
+    name: str = "custom"
+    description: str = ""
+
+    # ---- core mm (mm/memory.c) -----------------------------------------------------------------
+    fork_batch: ForkBatch = _flag(
+        "folio_pte_batch",
+        "How copy_pte_range copies present PTEs: 'none' = copy_present_pte one PTE at a time (<= v6.8); "
+        "'cont_mapped' = Ryan Roberts' batch-copy, batch length from folio_nr_pages_cont_mapped(); "
+        "'folio_pte_batch' = copy_present_ptes + folio_pte_batch (v6.9).",
+        "none: mm/memory.c <= v6.8; cont_mapped: contpte v1 #13 / v2 #01 (LKML 20231115163018.1303287-2); "
+        "folio_pte_batch: f8d937761d65 'mm/memory: optimize fork() with PTE-mapped THP' (v6.9)",
+    )
+    fpb_clamp_max_nr: bool = _flag(
+        False,
+        "folio_pte_batch clamps max_nr to the folio's remaining PFNs, so it never reads the PTE after "
+        "the folio (no 'probe' read).",
+        "'mm: fix folio_pte_batch() on XEN PV' / Fixes: f8d937761d65 (~v6.15, Cc stable)",
+    )
+    fpb_batch_hint: bool = _flag(
+        True,
+        "folio_pte_batch strides by pte_batch_hint() instead of one PTE at a time.",
+        "c6ec76a2ebc5 'mm: add pte_batch_hint() to reduce scanning in folio_pte_batch()' (v6.9)",
+    )
+    zap_batch: bool = _flag(
+        True,
+        "zap_pte_range batches present PTEs of one large folio (zap_present_ptes + clear_full_ptes).",
+        "10ebac4f95e7 'mm/memory: optimize unmap/zap with PTE-mapped THP' (v6.9)",
+    )
+    large_mapcount: bool = _flag(
+        False,
+        "Large folios keep a total mapcount (_large_mapcount) updated beside per-page mapcounts.",
+        "'mm: track mapcount of large folios in single value' (v6.11)",
+    )
+    wp_reuse_large: bool = _flag(
+        False,
+        "do_wp_page may reuse an exclusively owned large anonymous folio instead of copying.",
+        "'mm: reuse large folios on write faults' (post-v6.9; version approximate)",
+    )
+
+    # ---- contiguous-PTE layer (arm64 arch/arm64/mm/contpte.c; riscv what-if) -------------------
+    contpte: bool = _flag(
+        False,
+        "The arch's transparent contiguous-PTE layer is wired up for user mappings (arm64 PTE_CONT).",
+        "4602e5757bcc 'arm64/mm: wire up PTE_CONT for user mappings' (v6.9); contpte v1 #11 / v2 #12",
+    )
+    svnapot_thp: bool = _flag(
+        False,
+        "riscv uses Svnapot 64K mappings transparently for user memory through a generic contpte "
+        "layer.  WHAT-IF: not in mainline.",
+        "Alexandre Ghiti, 'Make riscv use THP contpte support for arm64' (8 May 2024, unmerged)",
+    )
+    contpte_fold: FoldPolicy = _flag(
+        "set_ptes_nr1",
+        "When a block is folded automatically: 'every_set' = contpte_try_fold after every set_pte_at "
+        "and ptep_set_wrprotect (v1/v2); 'none' = never (v3-v5); 'set_ptes_nr1' = only from "
+        "set_ptes(nr == 1) on the last entry of a block (v6.9).",
+        "every_set: contpte v1 #11 / v2 #12; none: v3-v5; set_ptes_nr1: f0c2264958e9 "
+        "'arm64/mm: automatically fold contpte mappings' (v6.9)",
+    )
+    contpte_wrprotect: WrprotectImpl = _flag(
+        "contpte_wrprotect_ptes",
+        "How a batch of PTEs is write-protected: 'generic' = loop of ptep_set_wrprotect (unfold each "
+        "block); 'set_wrprotects' = ptep_set_wrprotects, whole blocks in place, partial chunks "
+        "unfold+refold (v1 #14, v2 #13); 'contpte_wrprotect_ptes' = whole blocks in place, partial "
+        "blocks unfolded, never refolded (v6.9).",
+        "set_wrprotects: LKML 20230622144210.2623299-15 / 20231115163018.1303287-14; "
+        "contpte_wrprotect_ptes: 311a6cf29690 'arm64/mm: wire up ... wrprotect_ptes()' (v6.9)",
+    )
+    contpte_set_ptes: SetPtesImpl = _flag(
+        "v6.9",
+        "contpte_set_ptes(nr > 1): 'v1' also reads the target and every entry to check for valid "
+        "entries (and unfolds partial blocks); 'v6.9' relies on the 'all not present' spec.",
+        "v1: contpte v1 #11 / v2 #12; v6.9: 'mm: Clarify the spec for set_ptes()' (v5 #1) + 4602e5757bcc",
+    )
+    contpte_exit: ExitImpl = _flag(
+        "clear_full_ptes",
+        "How teardown clears contiguous blocks: 'none' = ptep_get_and_clear unfolds every block; "
+        "'full_no_unfold' = contpte_ptep_get_and_clear_full skips the unfold when the whole mm is "
+        "going away (v1 #12); 'clear_full_ptes' = batched clear_full_ptes, whole blocks cleared in "
+        "place (v6.9).",
+        "full_no_unfold: LKML 20230622144210.2623299-13 (v1 #12) / v2 #14; clear_full_ptes: "
+        "6b1e4efb6f54 'arm64/mm: wire up [get_and_]clear_full_ptes()' (v6.9)",
+    )
+    pte_batch_hint: bool = _flag(
+        True,
+        "The arch implements pte_batch_hint() (arm64: entries left in the CONT block).",
+        "fb5451e5f72b 'arm64/mm: implement pte_batch_hint()' (v6.9)",
+    )
+    contpte_get_early_exit: bool = _flag(
+        False,
+        "contpte_ptep_get stops reading once both dirty and young have been seen.",
+        "'arm64/mm: contpte_ptep_get early exit' (linux-mm tree, ~v6.17)",
+    )
+    contpte_access_flags_flush: bool = _flag(
+        True,
+        "contpte_ptep_set_access_flags flushes the block when it sets dirty on all 16 entries.",
+        "contpte v2 changelog: 'fixed missing TLBIs in contpte_ptep_set_access_flags()' (v1 lacked it)",
+    )
+    bbml2_aware: bool = _flag(
+        False,
+        "contpte_convert skips its break-before-make TLB flush when the CPU has BBML2_NOABORT.",
+        "arm64 'contpte: elide TLBI on systems with BBML2_NOABORT' (~v6.16)",
+    )
+    local_wp_flush: bool = _flag(
+        False,
+        "Write-fault reuse and spurious-fault fixups flush the local TLB only (local_flush_tlb_page, "
+        "local_flush_tlb_contpte) instead of broadcasting.",
+        "Huang Ying, 'arm64, tlbflush: don't TLBI broadcast if page reused in write fault' "
+        "(LKML 20251104095516.7912-3)",
+    )
+
+    #: CPU features a preset implies unless the command line says otherwise.
+    default_cpu_features: frozenset[str] = frozenset()
+
+    def replace(self, **changes: Any) -> KernelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, overrides: Mapping[str, str]) -> KernelConfig:
+        """Apply ``--set flag=value`` overrides given as text, with type checking."""
+        changes: dict[str, Any] = {}
+        for key, text in overrides.items():
+            changes[key] = _parse_flag_value(key, text)
+        return self.replace(**changes, name=f"{self.name}+" + ",".join(sorted(overrides)))
+
+    def flags(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in FLAG_FIELDS}
+
+
+FLAG_FIELDS = tuple(f for f in dataclasses.fields(KernelConfig) if "doc" in f.metadata)
+_FLAG_BY_NAME = {f.name: f for f in FLAG_FIELDS}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "fork_batch": ("none", "cont_mapped", "folio_pte_batch"),
+    "contpte_fold": ("none", "every_set", "set_ptes_nr1"),
+    "contpte_wrprotect": ("generic", "set_wrprotects", "contpte_wrprotect_ptes"),
+    "contpte_set_ptes": ("v1", "v6.9"),
+    "contpte_exit": ("none", "full_no_unfold", "clear_full_ptes"),
+}
+
+
+def _parse_flag_value(key: str, text: str) -> Any:
+    f = _FLAG_BY_NAME.get(key)
+    if f is None:
+        raise UsageError(f"unknown kernel flag {key!r} (see 'ptesim presets --flags')")
+    if isinstance(f.default, bool):
+        low = text.strip().lower()
+        if low in ("1", "y", "yes", "true", "on"):
+            return True
+        if low in ("0", "n", "no", "false", "off"):
+            return False
+        raise UsageError(f"flag {key} takes a boolean (y/n), not {text!r}")
+    choices = _CHOICES[key]
+    if text not in choices:
+        raise UsageError(f"flag {key} takes one of {', '.join(choices)}, not {text!r}")
+    return text
+
+
+_PER_PTE = dict(fork_batch="none", zap_batch=False, fpb_batch_hint=False, pte_batch_hint=False)
+_V1_CONTPTE = dict(
+    contpte=True,
+    contpte_fold="every_set",
+    contpte_wrprotect="generic",
+    contpte_set_ptes="v1",
+    contpte_exit="full_no_unfold",
+    contpte_access_flags_flush=True,
+    pte_batch_hint=False,
+)
+
+_BASE = KernelConfig()
+
+PRESETS: dict[str, KernelConfig] = {}
+
+
+def _add(name: str, description: str, base: KernelConfig = _BASE, **flags: Any) -> None:
+    PRESETS[name] = base.replace(name=name, description=description, **flags)
+
+
+_add(
+    "v6.8",
+    "Mainline v6.8: fork and zap one PTE at a time; no contiguous-PTE layer.",
+    **_PER_PTE,
+)
+_add(
+    "contpte-v1-base",
+    "Ampere Altra baseline of the seed table: v6.4-rc6 + contpte v1 with PTE_CONT off "
+    "(per-PTE fork and exit, no contiguous mappings).",
+    **_PER_PTE,
+)
+_add(
+    "contpte-v1-before-opt",
+    "Seed 'before opt': contpte v1 #1-#12 (PTE_CONT on, per-PTE fork copy, fold attempted from every "
+    "set_pte_at and ptep_set_wrprotect, exit without unfold).",
+    **{**_PER_PTE, **_V1_CONTPTE},
+)
+_add(
+    "contpte-v1-after-opt",
+    "Seed 'after opt': contpte v1 #1-#14 (+ #13 batch-copy during fork, + #14 ptep_set_wrprotects).",
+    **{**_PER_PTE, **_V1_CONTPTE, "fork_batch": "cont_mapped", "contpte_wrprotect": "set_wrprotects"},
+)
+_add(
+    "contpte-v2-01-12",
+    "contpte v2 #01-#12 on v6.7-rc1: batch-copy in core mm, generic per-PTE wrprotect loop with "
+    "v2 unfold/refold, no exit optimisation yet (#14).",
+    **{**_PER_PTE, **_V1_CONTPTE, "fork_batch": "cont_mapped", "contpte_exit": "none"},
+)
+_add(
+    "contpte-v2-01-13",
+    "contpte v2 #01-#13: + #13 ptep_set_wrprotects (whole blocks write-protected in place).",
+    **{
+        **_PER_PTE,
+        **_V1_CONTPTE,
+        "fork_batch": "cont_mapped",
+        "contpte_exit": "none",
+        "contpte_wrprotect": "set_wrprotects",
+    },
+)
+_add(
+    "contpte-basic",
+    "contpte v5/v6 'contpte-basic' on the v6.9 core: PTE_CONT wired up, generic wrprotect loop, "
+    "no pte_batch_hint, no batched clear, no automatic fold.",
+    contpte=True,
+    contpte_fold="none",
+    contpte_wrprotect="generic",
+    contpte_exit="none",
+    pte_batch_hint=False,
+    fpb_batch_hint=False,
+)
+_add(
+    "contpte-batch",
+    "contpte v5/v6 'contpte-batch': + wrprotect_ptes, [get_and_]clear_full_ptes, pte_batch_hint; "
+    "no automatic fold.",
+    contpte=True,
+    contpte_fold="none",
+)
+_add(
+    "contpte-fold",
+    "contpte v6 complete: + automatic fold from set_ptes(nr == 1) (f0c2264958e9).",
+    contpte=True,
+)
+_add(
+    "v6.9",
+    "Mainline v6.9: batched fork and zap (folio_pte_batch), arm64 contpte with batched APIs and "
+    "automatic fold.  On x86 and riscv the contiguous layer does not exist.",
+    contpte=True,
+)
+_add(
+    "v6.11",
+    "v6.9 + _large_mapcount on large folios.",
+    contpte=True,
+    large_mapcount=True,
+)
+_add(
+    "v6.15",
+    "v6.11 + folio_pte_batch clamps max_nr to the folio (no probe read past the folio).",
+    contpte=True,
+    large_mapcount=True,
+    fpb_clamp_max_nr=True,
+)
+_add(
+    "v6.16-bbml2",
+    "v6.15 + contpte_convert elides its TLB flush on CPUs with BBML2_NOABORT (CPU feature bbml2 implied).",
+    contpte=True,
+    large_mapcount=True,
+    fpb_clamp_max_nr=True,
+    bbml2_aware=True,
+    default_cpu_features=frozenset({"bbml2"}),
+)
+_add(
+    "v7.0-local-wp",
+    "v6.16-bbml2 + local TLB flushes for write-fault reuse (Nov 2025); early-exit contpte gather.",
+    contpte=True,
+    large_mapcount=True,
+    fpb_clamp_max_nr=True,
+    bbml2_aware=True,
+    local_wp_flush=True,
+    contpte_get_early_exit=True,
+)
+_add(
+    "v6.9-svnapot",
+    "WHAT-IF (riscv): v6.9 with Svnapot 64K used transparently for user mappings through the "
+    "generic contpte layer proposed by Alexandre Ghiti (May 2024, not merged).",
+    contpte=True,
+    svnapot_thp=True,
+)
+
+
+def preset(name: str) -> KernelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Parse repeated ``--set flag=value`` options."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --set {item!r}: expected flag=value")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out

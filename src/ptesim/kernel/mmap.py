@@ -1,0 +1,295 @@
+"""Address-space system calls: mmap, munmap, mprotect, madvise (``mm/mmap.c``, ``mm/mprotect.c``,
+``mm/madvise.c``), and long-term pinning (``mm/gup.c``)."""
+
+from __future__ import annotations
+
+from ptesim.errors import UsageError
+from ptesim.events import kfunc
+from ptesim.kernel.memory import (
+    free_pgtables,
+    handle_mm_fault,
+    unmap_page_range,
+    unmap_single_vma,
+    unmap_vmas,
+    vm_normal_page,
+    vma_soft_dirty_enabled,
+)
+from ptesim.kernel.mm import (
+    VM_EXEC,
+    VM_HUGEPAGE,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_NOHUGEPAGE,
+    VM_READ,
+    VM_SHARED,
+    VM_SOFTDIRTY,
+    VM_WRITE,
+    MmStruct,
+    ShmemFile,
+    Vma,
+)
+from ptesim.kernel.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
+
+MMAP_BASE = 0x7F00_0000_0000
+
+
+def prot_flags(prot: str) -> int:
+    flags = 0
+    for ch in prot:
+        if ch == "r":
+            flags |= VM_READ
+        elif ch == "w":
+            flags |= VM_WRITE
+        elif ch == "x":
+            flags |= VM_EXEC
+        elif ch != "-":
+            raise UsageError(f"bad protection {prot!r}: use letters from 'rwx'")
+    return flags
+
+
+def vm_page_prot(mm: MmStruct, flags: int) -> int:
+    return mm.kernel.arch.vm_get_page_prot(
+        bool(flags & VM_READ), bool(flags & VM_WRITE), bool(flags & VM_EXEC), bool(flags & VM_SHARED)
+    )
+
+
+def get_unmapped_area(mm: MmStruct, length: int, align: int) -> int:
+    """Top-down search below MMAP_BASE for a gap of ``length`` aligned to ``align``."""
+    top = MMAP_BASE
+    for vma in sorted(mm.vmas, key=lambda v: v.start, reverse=True):
+        cand = (top - length) & ~(align - 1)
+        if cand >= vma.end:
+            return cand
+        top = min(top, vma.start)
+    return (top - length) & ~(align - 1)
+
+
+@kfunc
+def do_mmap(
+    mm: MmStruct, length: int, prot: str, shared: bool, addr: int | None = None, extra_flags: int = 0
+) -> int:
+    """Create an anonymous mapping (shared ones are backed by a shmem object).  Mappings of at
+    least PMD size are PMD-aligned, as thp_get_unmapped_area() does for anonymous memory."""
+    arch = mm.kernel.arch
+    page = arch.page_size
+    if length <= 0 or length % page:
+        raise UsageError(f"mmap length {length} is not a positive multiple of the {page}-byte page")
+    if addr is None:
+        pmd = arch.geometry.pmd_size
+        addr = get_unmapped_area(mm, length, pmd if length >= pmd else page)
+    elif addr % page:
+        raise UsageError(f"mmap address {addr:#x} is not page aligned")
+    if any(v.start < addr + length and v.end > addr for v in mm.vmas):
+        raise UsageError(f"mmap range {addr:#x}+{length:#x} overlaps an existing mapping")
+    flags = prot_flags(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC | VM_SOFTDIRTY | extra_flags
+    file = None
+    if shared:
+        flags |= VM_SHARED | VM_MAYSHARE
+        file = ShmemFile(length // page)
+        file.users = 1
+    vma = Vma(mm=mm, start=addr, end=addr + length, flags=flags, page_prot=vm_page_prot(mm, flags), file=file)
+    vma.anon_vma = not shared
+    mm.vmas.append(vma)
+    mm.sort_vmas()
+    return addr
+
+
+def split_vma(mm: MmStruct, vma: Vma, addr: int) -> Vma:
+    """Split ``vma`` at ``addr``; returns the upper part (a new VMA)."""
+    page_shift = mm.kernel.arch.page_shift
+    new = Vma(
+        mm=mm,
+        start=addr,
+        end=vma.end,
+        flags=vma.flags,
+        page_prot=vma.page_prot,
+        anon_vma=vma.anon_vma,
+        file=vma.file,
+        pgoff=vma.pgoff + ((addr - vma.start) >> page_shift),
+    )
+    if vma.file is not None:
+        vma.file.users += 1
+    vma.end = addr
+    mm.vmas.append(new)
+    mm.sort_vmas()
+    return new
+
+
+def _isolate(mm: MmStruct, start: int, end: int) -> list[Vma]:
+    """Split VMAs so that [start, end) is covered by whole VMAs; return those."""
+    for vma in list(mm.vmas):
+        if vma.start < start < vma.end:
+            split_vma(mm, vma, start)
+    for vma in list(mm.vmas):
+        if vma.start < end < vma.end:
+            split_vma(mm, vma, end)
+    return [v for v in mm.vmas if v.start >= start and v.end <= end]
+
+
+def _check_range(mm: MmStruct, start: int, length: int) -> int:
+    page = mm.kernel.arch.page_size
+    if start % page or length <= 0 or length % page:
+        raise UsageError(f"range {start:#x}+{length:#x} is not page aligned")
+    return start + length
+
+
+@kfunc
+def do_vmi_munmap(mm: MmStruct, start: int, length: int) -> None:
+    """Unmap [start, start+length): split VMAs, zap, free page tables, one gather flush."""
+    end = _check_range(mm, start, length)
+    vmas = _isolate(mm, start, end)
+    if not vmas:
+        return
+    tlb = tlb_gather_mmu(mm)
+    unmap_vmas(tlb, vmas, start, end)
+    for vma in vmas:
+        mm.vmas.remove(vma)
+        if vma.file is not None:
+            vma.file.users -= 1
+    free_pgtables(tlb, mm, start, end, keep=mm.vmas)
+    tlb_finish_mmu(tlb)
+
+
+@kfunc
+def zap_page_range_single(vma: Vma, start: int, end: int) -> None:
+    tlb = tlb_gather_mmu(vma.mm)
+    unmap_single_vma(tlb, vma, start, end)
+    tlb_finish_mmu(tlb)
+
+
+@kfunc
+def madvise(mm: MmStruct, start: int, length: int, advice: str) -> None:
+    end = _check_range(mm, start, length)
+    if advice == "dontneed":
+        for vma in [v for v in mm.vmas if v.start < end and v.end > start]:
+            zap_page_range_single(vma, max(start, vma.start), min(end, vma.end))
+    elif advice in ("hugepage", "nohugepage"):
+        for vma in _isolate(mm, start, end):
+            if advice == "hugepage":
+                vma.flags = (vma.flags | VM_HUGEPAGE) & ~VM_NOHUGEPAGE
+            else:
+                vma.flags = (vma.flags | VM_NOHUGEPAGE) & ~VM_HUGEPAGE
+    else:
+        raise UsageError(f"unknown madvise advice {advice!r}")
+
+
+@kfunc
+def mprotect(mm: MmStruct, start: int, length: int, prot: str) -> None:
+    """do_mprotect_pkey + mprotect_fixup + change_protection under one mmu_gather."""
+    end = _check_range(mm, start, length)
+    new = prot_flags(prot)
+    vmas = _isolate(mm, start, end)
+    tlb = tlb_gather_mmu(mm)
+    for vma in vmas:
+        vma.flags = (vma.flags & ~(VM_READ | VM_WRITE | VM_EXEC)) | new
+        vma.page_prot = vm_page_prot(mm, vma.flags)
+        change_protection(tlb, vma, vma.start, vma.end)
+    tlb_finish_mmu(tlb)
+
+
+def can_change_pte_writable(vma: Vma, addr: int, pte: int) -> bool:
+    """mm/mprotect.c (v6.9)."""
+    arch = vma.mm.kernel.arch
+    if not vma.flags & VM_WRITE:
+        return False
+    if vma_soft_dirty_enabled(vma) and not arch.pte_soft_dirty(pte):
+        return False
+    if arch.pte_uffd_wp(pte):
+        return False
+    if not vma.flags & VM_SHARED:
+        hit = vm_normal_page(vma, addr, pte)
+        return hit is not None and hit[0].anon and hit[0].anon_exclusive[hit[1]]
+    return arch.pte_dirty(pte)
+
+
+@kfunc
+def change_protection(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
+    from ptesim.kernel.huge_memory import __split_huge_pmd
+    from ptesim.kernel.pgtable import PteTable
+
+    mm = vma.mm
+    arch = mm.kernel.arch
+    g = arch.geometry
+    addr = start
+    while addr < end:
+        nxt = min((addr | (g.pmd_size - 1)) + 1, end)
+        entry = mm.pmd_entry(addr)
+        if isinstance(entry, int):
+            __split_huge_pmd(vma, addr)
+            entry = mm.pmd_entry(addr)
+        if isinstance(entry, PteTable):
+            change_pte_range(tlb, vma, addr, nxt)
+        addr = nxt
+
+
+@kfunc
+def change_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> None:
+    mm = vma.mm
+    arch = mm.kernel.arch
+    ptep = mm.pte_offset(addr)
+    assert ptep is not None
+    try_writable = bool(vma.flags & VM_WRITE)
+    while addr < end:
+        oldpte = arch.ptep_get(ptep)
+        if arch.pte_present(oldpte):
+            oldpte = arch.ptep_modify_prot_start(vma, addr, ptep)
+            ptent = arch.pte_modify(oldpte, vma.page_prot)
+            if try_writable and not arch.pte_write(ptent) and can_change_pte_writable(vma, addr, ptent):
+                ptent = arch.pte_mkwrite(ptent)
+            arch.ptep_modify_prot_commit(vma, addr, ptep, oldpte, ptent)
+            tlb.tlb_flush_pte_range(addr, arch.page_size)
+        ptep = ptep + 1
+        addr += arch.page_size
+
+
+@kfunc
+def pin_user_page(mm: MmStruct, vma: Vma, addr: int) -> None:
+    """pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) of one page: fault it in writable (breaking COW,
+    so the page is exclusive), then take a pin; the mm is marked MMF_HAS_PINNED."""
+    from ptesim.kernel.folio import folio_get
+
+    arch = mm.kernel.arch
+    for _ in range(3):
+        ptep = mm.pte_offset(addr)
+        pte = ptep.peek() if ptep is not None else 0
+        if ptep is not None and arch.pte_present(pte) and arch.pte_write(pte):
+            break
+        pmd = mm.pmd_entry(addr)
+        if isinstance(pmd, int) and arch.pte_write(pmd):
+            pte = pmd
+            break
+        handle_mm_fault(vma, addr, True)
+    else:
+        raise AssertionError(f"could not fault in {addr:#x} for pinning")
+    folio = mm.kernel.pages.pfn_to_folio(
+        arch.pte_pfn(pte)
+        + (
+            ((addr - (addr & ~(arch.geometry.pmd_size - 1))) >> arch.page_shift)
+            if isinstance(mm.pmd_entry(addr), int)
+            else 0
+        )
+    )
+    assert folio is not None
+    mm.has_pinned = True
+    folio_get(folio, mm=mm)
+    folio.pincount += 1
+
+
+@kfunc
+def unpin_user_page(mm: MmStruct, folio_pfn: int) -> None:
+    folio = mm.kernel.pages.pfn_to_folio(folio_pfn)
+    assert folio is not None and folio.pincount > 0
+    folio.pincount -= 1
+    mm.kernel.pages.folio_put(folio, mm=mm)
+
+
+__all__ = [
+    "do_mmap",
+    "do_vmi_munmap",
+    "madvise",
+    "mprotect",
+    "pin_user_page",
+    "unmap_page_range",
+]

@@ -1,0 +1,179 @@
+"""Page-table memory: the tables, entry pointers, and the raw accesses that are counted.
+
+The model's page tables are real tables: a PTE table is a list of integer entries laid out by the
+arch's bit format, and upper levels hold child tables or leaf entries (a PMD-mapped THP).  A
+:class:`Ptep` is the model's ``pte_t *``: a table and an index, with pointer arithmetic.
+
+Only four functions touch PTE memory on behalf of the kernel, and each emits exactly one primitive:
+:func:`ptep_load` (``READ_ONCE``), :func:`ptep_store` (``WRITE_ONCE``), :func:`ptep_xchg` and
+:func:`ptep_cmpxchg` / :func:`ptep_bitop`.  The hardware walker (``ptesim.hw``) reads and updates
+entries directly, without counting: that is the MMU, not the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ptesim.events import emit
+
+if TYPE_CHECKING:
+    from ptesim.kernel.mm import MmStruct
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Translation-table geometry of one granule: the shift of each level, top to bottom.
+
+    ``shifts[-1]`` is PAGE_SHIFT (PTE level), ``shifts[-2]`` is PMD_SHIFT.
+    """
+
+    page_shift: int
+    shifts: tuple[int, ...]
+    va_bits: int
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    @property
+    def ptrs_per_table(self) -> int:
+        return 1 << (self.page_shift - 3)
+
+    @property
+    def ptrs_per_pte(self) -> int:
+        return self.ptrs_per_table
+
+    @property
+    def pmd_shift(self) -> int:
+        return self.shifts[-2]
+
+    @property
+    def pmd_size(self) -> int:
+        return 1 << self.pmd_shift
+
+    @property
+    def pmd_order(self) -> int:
+        return self.pmd_shift - self.page_shift
+
+    @property
+    def levels(self) -> int:
+        return len(self.shifts)
+
+    def entries_at(self, level: int) -> int:
+        """Entries in a table of ``level`` (0 = top)."""
+        if level == 0:
+            return 1 << (self.va_bits - self.shifts[0])
+        return self.ptrs_per_table
+
+    def index(self, level: int, addr: int) -> int:
+        return (addr >> self.shifts[level]) & (self.entries_at(level) - 1)
+
+
+#: 4-level tables for a 4K granule (x86-64, arm64 4K, riscv Sv48).
+GEOMETRY_4K = Geometry(page_shift=12, shifts=(39, 30, 21, 12), va_bits=48)
+#: arm64 16K granule, 48-bit VA: 4 levels, 2048 entries per table, PMD maps 32M.
+GEOMETRY_16K = Geometry(page_shift=14, shifts=(47, 36, 25, 14), va_bits=48)
+#: arm64 64K granule, 48-bit VA: 3 levels, 8192 entries per table, PMD maps 512M.
+GEOMETRY_64K = Geometry(page_shift=16, shifts=(42, 29, 16), va_bits=48)
+
+
+class PteTable:
+    """One PTE table page: ``ptrs_per_pte`` entries, owned by one mm."""
+
+    __slots__ = ("base", "entries", "mm")
+
+    def __init__(self, mm: MmStruct, base: int, n: int) -> None:
+        self.mm = mm
+        self.base = base
+        self.entries: list[int] = [0] * n
+
+    def __repr__(self) -> str:
+        return f"<PteTable {self.base:#x} of mm{self.mm.id}>"
+
+
+class UpperTable:
+    """A PGD/PUD/PMD table.  Entries are child tables, or integers for leaf (huge) entries."""
+
+    __slots__ = ("base", "entries", "level", "mm")
+
+    def __init__(self, mm: MmStruct, level: int, base: int) -> None:
+        self.mm = mm
+        self.level = level
+        self.base = base
+        self.entries: dict[int, UpperTable | PteTable | int] = {}
+
+
+class Ptep:
+    """``pte_t *``: a PTE table and an index into it.  ``ptep + n`` is pointer arithmetic."""
+
+    __slots__ = ("idx", "table")
+
+    def __init__(self, table: PteTable, idx: int) -> None:
+        self.table = table
+        self.idx = idx
+
+    def __add__(self, n: int) -> Ptep:
+        return Ptep(self.table, self.idx + n)
+
+    def __sub__(self, other: Ptep) -> int:
+        assert other.table is self.table
+        return self.idx - other.idx
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ptep) and other.table is self.table and other.idx == self.idx
+
+    def __hash__(self) -> int:
+        return hash((id(self.table), self.idx))
+
+    def __repr__(self) -> str:
+        return f"<ptep {self.table.base:#x}[{self.idx}]>"
+
+    def peek(self) -> int:
+        """The entry's value without counting: for checks and the hardware walker only."""
+        return self.table.entries[self.idx]
+
+    def align_down(self, n: int) -> Ptep:
+        return Ptep(self.table, self.idx & ~(n - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Counted accesses to PTE memory.
+# ---------------------------------------------------------------------------------------------
+
+
+def ptep_load(ptep: Ptep) -> int:
+    """``READ_ONCE(*ptep)``: one counted PTE read."""
+    emit("pte_read", mm=ptep.table.mm)
+    return ptep.table.entries[ptep.idx]
+
+
+def ptep_store(ptep: Ptep, pte: int) -> None:
+    """``WRITE_ONCE(*ptep, pte)``: one counted PTE store."""
+    emit("pte_write", mm=ptep.table.mm)
+    ptep.table.entries[ptep.idx] = pte
+
+
+def ptep_xchg(ptep: Ptep, pte: int) -> int:
+    """``xchg_relaxed(&ptep->pte, pte)``: one counted atomic exchange; returns the old value."""
+    emit("pte_xchg", mm=ptep.table.mm)
+    old = ptep.table.entries[ptep.idx]
+    ptep.table.entries[ptep.idx] = pte
+    return old
+
+
+def ptep_cmpxchg(ptep: Ptep, old: int, new: int) -> int:
+    """``cmpxchg_relaxed``: one counted attempt; returns the value found (== ``old`` on success)."""
+    emit("pte_cmpxchg", mm=ptep.table.mm)
+    found = ptep.table.entries[ptep.idx]
+    if found == old:
+        ptep.table.entries[ptep.idx] = new
+    return found
+
+
+def ptep_bitop(ptep: Ptep, clear: int = 0, set_: int = 0) -> int:
+    """One atomic bit operation (x86 ``clear_bit``, riscv ``amoand``/``amoor``); returns the old value."""
+    emit("pte_bitop", mm=ptep.table.mm)
+    old = ptep.table.entries[ptep.idx]
+    ptep.table.entries[ptep.idx] = (old & ~clear) | set_
+    return old

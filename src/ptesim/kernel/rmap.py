@@ -1,0 +1,138 @@
+"""Reverse-map accounting of folios (``include/linux/rmap.h``, ``mm/rmap.c``, v6.9).
+
+Each function updates mapcounts and PageAnonExclusive exactly as its kernel namesake does, and emits
+one ``mapcount`` / ``large_mapcount`` / ``anon_exclusive`` event per atomic it performs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ptesim.events import emit, kfunc
+from ptesim.kernel.folio import Folio
+
+if TYPE_CHECKING:
+    from ptesim.kernel.mm import MmStruct, Vma
+
+EBUSY = -16
+
+
+def folio_needs_cow_for_dma(vma: Vma, folio: Folio) -> bool:
+    """include/linux/mm.h: only relevant once the mm has ever pinned (MMF_HAS_PINNED)."""
+    return vma.mm.has_pinned and folio.maybe_dma_pinned()
+
+
+@kfunc
+def folio_try_dup_anon_rmap_ptes(folio: Folio, page: int, nr: int, src_vma: Vma, dst_mm: MmStruct) -> int:
+    """__folio_try_dup_anon_rmap(RMAP_LEVEL_PTE): share ``nr`` pages with the child.
+
+    ``page`` is the index of the first page within the folio.  Fails with -EBUSY (touching
+    nothing) if the folio may be pinned and any of the pages is still exclusive: those must be
+    copied for the child instead.
+    """
+    cfg = dst_mm.kernel.cfg
+    if folio_needs_cow_for_dma(src_vma, folio) and any(folio.anon_exclusive[page : page + nr]):
+        return EBUSY
+    for i in range(page, page + nr):
+        if folio.anon_exclusive[i]:
+            emit("anon_exclusive", mm=dst_mm)
+            folio.anon_exclusive[i] = False
+        emit("mapcount", mm=dst_mm)
+        folio.mapcount[i] += 1
+    if cfg.large_mapcount and folio.large:
+        emit("large_mapcount", mm=dst_mm)
+        folio.large_mapcount += nr
+    return 0
+
+
+def folio_try_dup_anon_rmap_pte(folio: Folio, page: int, src_vma: Vma, dst_mm: MmStruct) -> int:
+    return folio_try_dup_anon_rmap_ptes(folio, page, 1, src_vma, dst_mm)
+
+
+@kfunc
+def folio_try_dup_anon_rmap_pmd(folio: Folio, src_vma: Vma, dst_mm: MmStruct) -> int:
+    """__folio_try_dup_anon_rmap(RMAP_LEVEL_PMD)."""
+    if folio_needs_cow_for_dma(src_vma, folio) and any(folio.anon_exclusive):
+        return EBUSY
+    if any(folio.anon_exclusive):
+        emit("anon_exclusive", mm=dst_mm)
+        folio.anon_exclusive = [False] * folio.nr_pages
+    emit("mapcount", mm=dst_mm)
+    folio.entire_mapcount += 1
+    if dst_mm.kernel.cfg.large_mapcount:
+        emit("large_mapcount", mm=dst_mm)
+        folio.large_mapcount += folio.nr_pages
+    return 0
+
+
+@kfunc
+def folio_dup_file_rmap_ptes(folio: Folio, page: int, nr: int, dst_mm: MmStruct) -> None:
+    for i in range(page, page + nr):
+        emit("mapcount", mm=dst_mm)
+        folio.mapcount[i] += 1
+    if dst_mm.kernel.cfg.large_mapcount and folio.large:
+        emit("large_mapcount", mm=dst_mm)
+        folio.large_mapcount += nr
+
+
+@kfunc
+def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool = False) -> None:
+    """A freshly allocated anonymous folio becomes mapped, every page exclusive to this mm."""
+    mm = vma.mm
+    folio.anon = True
+    if pmd_mapped:
+        emit("mapcount", mm=mm)
+        folio.entire_mapcount = 1
+    else:
+        for i in range(folio.nr_pages):
+            emit("mapcount", mm=mm)
+            folio.mapcount[i] = 1
+    for i in range(folio.nr_pages):
+        folio.anon_exclusive[i] = True
+    emit("anon_exclusive", folio.nr_pages if not pmd_mapped else 1, mm=mm)
+    if mm.kernel.cfg.large_mapcount and folio.large:
+        emit("large_mapcount", mm=mm)
+        folio.large_mapcount = folio.nr_pages
+
+
+@kfunc
+def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
+    for i in range(page, page + nr):
+        emit("mapcount", mm=vma.mm)
+        folio.mapcount[i] += 1
+    if vma.mm.kernel.cfg.large_mapcount and folio.large:
+        emit("large_mapcount", mm=vma.mm)
+        folio.large_mapcount += nr
+
+
+@kfunc
+def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
+    """Drop ``nr`` PTE mappings; an anon page that is no longer mapped loses AnonExclusive."""
+    mm = vma.mm
+    for i in range(page, page + nr):
+        emit("mapcount", mm=mm)
+        folio.mapcount[i] -= 1
+        if folio.mapcount[i] < 0:
+            raise AssertionError(f"mapcount underflow on page {i} of {folio!r}")
+        if folio.mapcount[i] == 0 and folio.entire_mapcount == 0 and folio.anon_exclusive[i]:
+            folio.anon_exclusive[i] = False
+    if mm.kernel.cfg.large_mapcount and folio.large:
+        emit("large_mapcount", mm=mm)
+        folio.large_mapcount -= nr
+
+
+def folio_remove_rmap_pte(folio: Folio, page: int, vma: Vma) -> None:
+    folio_remove_rmap_ptes(folio, page, 1, vma)
+
+
+@kfunc
+def folio_remove_rmap_pmd(folio: Folio, vma: Vma) -> None:
+    emit("mapcount", mm=vma.mm)
+    folio.entire_mapcount -= 1
+    if folio.entire_mapcount < 0:
+        raise AssertionError(f"entire mapcount underflow on {folio!r}")
+    if vma.mm.kernel.cfg.large_mapcount:
+        emit("large_mapcount", mm=vma.mm)
+        folio.large_mapcount -= folio.nr_pages
+    if folio.entire_mapcount == 0 and not any(folio.mapcount):
+        folio.anon_exclusive = [False] * folio.nr_pages
