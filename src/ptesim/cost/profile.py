@@ -1,0 +1,378 @@
+"""Cost profiles: nanoseconds per counted primitive, process costs, and the shared invalidation path.
+
+A profile is data (TOML, read with :mod:`tomllib`) and is validated on load: an unknown section or key,
+a value of the wrong type, a negative number or a missing required value is a
+:class:`~ptesim.errors.UsageError` with a one-line message.  Profiles ship in ``ptesim/cost/profiles``
+and are found by name (``altra``); any other argument containing ``/`` or ending in ``.toml`` is read
+as a path.
+
+Layout of a profile file::
+
+    [profile]       name, arch ("arm64" | "x86" | "riscv"), description, cpu_features (list of strings)
+    [local_ns]      CPU-local nanoseconds per fine primitive of :data:`ptesim.events.PRIMITIVES`
+                    (every primitive must be priced; the issue cost of a TLBI, the local part of a DSB)
+    [process_ns]    fork, exit: fixed per-process costs (task/mm/VMA duplication, scheduling, waitpid)
+    [shared]        the resource every broadcast invalidation goes through:
+                    resource ("dvm" | "ipi" | "sbi"), occupancy in ns per broadcast primitive
+                    (service_ns table), scv (squared coefficient of variation of one visit's service
+                    time), sync_per_active_cpu_ns (extra occupancy of each completion wait per other
+                    active CPU: a DSB ISH / IPI wait completes only when every active CPU answered)
+    [provenance]    "section.key" = "calibrated: ..." | "assumed: ..." for every number above
+
+The ``[provenance]`` table is required for every numeric value so that reports can say which numbers
+were fitted and which were assumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ptesim.errors import UsageError
+from ptesim.events import PRIMITIVES
+
+ARCHES = ("arm64", "x86", "riscv")
+RESOURCES = ("dvm", "ipi", "sbi")
+#: Primitives that occupy the shared invalidation resource.
+SHARED_PRIMITIVES = (
+    "tlbi_page_bcast",
+    "tlbi_range_bcast",
+    "tlbi_asid_bcast",
+    "tlbi_all_bcast",
+    "dsb_ish",
+    "ipi",
+    "sbi_rfence",
+    "sbi_rfence_target",
+)
+#: Primitives that end one visit to the shared resource (the issuer waits for completion there).
+SYNC_PRIMITIVES = ("dsb_ish", "ipi", "sbi_rfence")
+
+_SECTIONS = ("profile", "local_ns", "process_ns", "shared", "provenance")
+_PROFILE_KEYS = {"name": str, "arch": str, "description": str, "cpu_features": list}
+_PROCESS_KEYS = ("fork", "exit")
+_SHARED_SCALARS = ("scv", "sync_per_active_cpu_ns")
+
+
+@dataclass(frozen=True)
+class SharedResource:
+    """The shared broadcast-invalidation path (arm64 DVM, x86 IPI delivery, riscv SBI/IPI)."""
+
+    resource: str
+    service_ns: dict[str, float]
+    scv: float
+    sync_per_active_cpu_ns: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated cost profile."""
+
+    name: str
+    arch: str
+    description: str
+    cpu_features: frozenset[str]
+    local_ns: dict[str, float]
+    process_ns: dict[str, float]
+    shared: SharedResource
+    provenance: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    # -- parameters by dotted name, for calibration and `whatif` labels ------------------------
+    def parameters(self) -> dict[str, float]:
+        """Every numeric value by its dotted name (``local_ns.pte_read``, ``shared.scv`` …)."""
+        out: dict[str, float] = {}
+        for k, v in self.local_ns.items():
+            out[f"local_ns.{k}"] = v
+        for k, v in self.process_ns.items():
+            out[f"process_ns.{k}"] = v
+        for k, v in self.shared.service_ns.items():
+            out[f"shared.service_ns.{k}"] = v
+        out["shared.scv"] = self.shared.scv
+        out["shared.sync_per_active_cpu_ns"] = self.shared.sync_per_active_cpu_ns
+        return out
+
+    def get(self, name: str) -> float:
+        params = self.parameters()
+        key = resolve_parameter(name, params)
+        return params[key]
+
+    def with_values(self, values: Mapping[str, float]) -> Profile:
+        """A copy with some parameters replaced (names as in :meth:`parameters`, or short aliases)."""
+        params = self.parameters()
+        local = dict(self.local_ns)
+        process = dict(self.process_ns)
+        service = dict(self.shared.service_ns)
+        scv = self.shared.scv
+        sync = self.shared.sync_per_active_cpu_ns
+        for name, value in values.items():
+            key = resolve_parameter(name, params)
+            v = float(value)
+            if v < 0:
+                raise UsageError(f"parameter {key} must not be negative (got {v})")
+            section, _, rest = key.partition(".")
+            if section == "local_ns":
+                local[rest] = v
+            elif section == "process_ns":
+                process[rest] = v
+            elif rest.startswith("service_ns."):
+                service[rest.removeprefix("service_ns.")] = v
+            elif rest == "scv":
+                scv = v
+            else:
+                sync = v
+        return Profile(
+            name=self.name,
+            arch=self.arch,
+            description=self.description,
+            cpu_features=self.cpu_features,
+            local_ns=local,
+            process_ns=process,
+            shared=SharedResource(self.shared.resource, service, scv, sync),
+            provenance=dict(self.provenance),
+            source=self.source,
+        )
+
+    def is_calibrated(self, name: str) -> bool:
+        return self.provenance.get(resolve_parameter(name, self.parameters()), "").startswith("calibrated")
+
+
+#: Short names accepted on the command line.
+ALIASES = {
+    "dvm_service_ns": "shared.service_ns.tlbi_page_bcast",
+    "tlbi_service_ns": "shared.service_ns.tlbi_page_bcast",
+    "sync_service_ns": "shared.service_ns.dsb_ish",
+    "ipi_service_ns": "shared.service_ns.ipi",
+    "sbi_service_ns": "shared.service_ns.sbi_rfence",
+    "scv": "shared.scv",
+    "dvm_scv": "shared.scv",
+    "sync_per_active_cpu_ns": "shared.sync_per_active_cpu_ns",
+    "fork_ns": "process_ns.fork",
+    "exit_ns": "process_ns.exit",
+}
+
+
+def resolve_parameter(name: str, params: Mapping[str, float]) -> str:
+    """Map a user-supplied parameter name to its dotted profile name.
+
+    Accepts the dotted name, an alias from :data:`ALIASES`, a bare primitive name (``pte_read``), or
+    ``<primitive>_ns`` (``pte_read_ns`` = ``local_ns.pte_read``)."""
+    if name in params:
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    for cand in (f"local_ns.{name}", f"local_ns.{name.removesuffix('_ns')}"):
+        if cand in params:
+            return cand
+    raise UsageError(f"unknown profile parameter {name!r} (try e.g. pte_read_ns, dvm_service_ns, scv)")
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _num(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if v < 0:
+        raise UsageError(f"{where}: must not be negative (got {value})")
+    if v != v or v == float("inf"):
+        raise UsageError(f"{where}: must be finite")
+    return v
+
+
+def _table(where: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: expected a table")
+    return value
+
+
+def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profile:
+    """Validate a parsed TOML document and build a :class:`Profile`."""
+    where = source
+    for sec in data:
+        if sec not in _SECTIONS:
+            raise UsageError(f"{where}: unknown section [{sec}] (expected one of {', '.join(_SECTIONS)})")
+    for sec in _SECTIONS:
+        if sec not in data:
+            raise UsageError(f"{where}: missing section [{sec}]")
+    prof = _table(f"{where} [profile]", data["profile"])
+    for k in prof:
+        if k not in _PROFILE_KEYS:
+            raise UsageError(f"{where}: unknown key profile.{k}")
+    for k, typ in _PROFILE_KEYS.items():
+        if k not in prof:
+            raise UsageError(f"{where}: missing profile.{k}")
+        if not isinstance(prof[k], typ):
+            raise UsageError(f"{where}: profile.{k} must be a {typ.__name__}")
+    if prof["arch"] not in ARCHES:
+        raise UsageError(f"{where}: profile.arch must be one of {', '.join(ARCHES)} (got {prof['arch']!r})")
+    feats = prof["cpu_features"]
+    if not all(isinstance(f, str) for f in feats):
+        raise UsageError(f"{where}: profile.cpu_features must be a list of strings")
+
+    local_t = _table(f"{where} [local_ns]", data["local_ns"])
+    for k in local_t:
+        if k not in PRIMITIVES:
+            raise UsageError(f"{where}: unknown key local_ns.{k} (not a primitive of ptesim.events)")
+    local: dict[str, float] = {}
+    for k in PRIMITIVES:
+        if k not in local_t:
+            raise UsageError(f"{where}: missing local_ns.{k}")
+        local[k] = _num(f"{where}: local_ns.{k}", local_t[k])
+
+    proc_t = _table(f"{where} [process_ns]", data["process_ns"])
+    for k in proc_t:
+        if k not in _PROCESS_KEYS:
+            raise UsageError(f"{where}: unknown key process_ns.{k}")
+    process: dict[str, float] = {}
+    for k in _PROCESS_KEYS:
+        if k not in proc_t:
+            raise UsageError(f"{where}: missing process_ns.{k}")
+        process[k] = _num(f"{where}: process_ns.{k}", proc_t[k])
+
+    sh = _table(f"{where} [shared]", data["shared"])
+    for k in sh:
+        if k not in ("resource", "service_ns", *_SHARED_SCALARS):
+            raise UsageError(f"{where}: unknown key shared.{k}")
+    for k in ("resource", "service_ns", *_SHARED_SCALARS):
+        if k not in sh:
+            raise UsageError(f"{where}: missing shared.{k}")
+    if sh["resource"] not in RESOURCES:
+        raise UsageError(f"{where}: shared.resource must be one of {', '.join(RESOURCES)}")
+    svc_t = _table(f"{where} [shared.service_ns]", sh["service_ns"])
+    for k in svc_t:
+        if k not in SHARED_PRIMITIVES:
+            raise UsageError(
+                f"{where}: unknown key shared.service_ns.{k} (expected one of {', '.join(SHARED_PRIMITIVES)})"
+            )
+    service: dict[str, float] = {}
+    for k in SHARED_PRIMITIVES:
+        if k not in svc_t:
+            raise UsageError(f"{where}: missing shared.service_ns.{k}")
+        service[k] = _num(f"{where}: shared.service_ns.{k}", svc_t[k])
+    shared = SharedResource(
+        resource=sh["resource"],
+        service_ns=service,
+        scv=_num(f"{where}: shared.scv", sh["scv"]),
+        sync_per_active_cpu_ns=_num(f"{where}: shared.sync_per_active_cpu_ns", sh["sync_per_active_cpu_ns"]),
+    )
+
+    prov_t = _table(f"{where} [provenance]", data["provenance"])
+    profile = Profile(
+        name=prof["name"],
+        arch=prof["arch"],
+        description=prof["description"],
+        cpu_features=frozenset(feats),
+        local_ns=local,
+        process_ns=process,
+        shared=shared,
+        provenance={},
+        source=source,
+    )
+    params = profile.parameters()
+    provenance: dict[str, str] = {}
+    for k, v in prov_t.items():
+        if k not in params:
+            raise UsageError(f"{where}: provenance for unknown parameter {k!r}")
+        if not isinstance(v, str) or not v.startswith(("calibrated", "assumed")):
+            raise UsageError(f"{where}: provenance.{k} must be a string starting 'calibrated' or 'assumed'")
+        provenance[k] = v
+    for k in params:
+        if k not in provenance:
+            raise UsageError(f"{where}: missing provenance for {k}")
+    object.__setattr__(profile, "provenance", provenance)
+    return profile
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles shipped with ptesim."""
+    root = resources.files("ptesim.cost") / "profiles"
+    return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a shipped profile by name, or a profile file by path."""
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read profile {name_or_path}: {exc.strerror}") from None
+        source = str(path)
+    else:
+        res = resources.files("ptesim.cost") / "profiles" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise UsageError(
+                f"unknown profile {name_or_path!r} (shipped: {', '.join(shipped_profiles())}; or give a path)"
+            )
+        text = res.read_text(encoding="utf-8")
+        source = f"{name_or_path}.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    return profile_from_dict(data, source)
+
+
+def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """The TOML-document form of a profile (round-trips through :func:`profile_from_dict`)."""
+    return {
+        "profile": {
+            "name": profile.name,
+            "arch": profile.arch,
+            "description": profile.description,
+            "cpu_features": sorted(profile.cpu_features),
+        },
+        "local_ns": dict(profile.local_ns),
+        "process_ns": dict(profile.process_ns),
+        "shared": {
+            "resource": profile.shared.resource,
+            "service_ns": dict(profile.shared.service_ns),
+            "scv": profile.shared.scv,
+            "sync_per_active_cpu_ns": profile.shared.sync_per_active_cpu_ns,
+        },
+        "provenance": copy.deepcopy(profile.provenance),
+    }
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(round(v, 6))
+    return str(v)
+
+
+def dump_profile(profile: Profile) -> str:
+    """Write a profile as TOML, each value followed by its provenance as a comment."""
+    d = profile_to_dict(profile)
+    lines: list[str] = []
+    lines.append("[profile]")
+    for k, v in d["profile"].items():
+        lines.append(f"{k} = {_fmt(v)}")
+    for sec, prefix in (("local_ns", "local_ns"), ("process_ns", "process_ns")):
+        lines.append("")
+        lines.append(f"[{sec}]")
+        for k, v in d[sec].items():
+            lines.append(f"{k} = {_fmt(v)}  # {profile.provenance.get(f'{prefix}.{k}', '')}")
+    lines.append("")
+    lines.append("[shared]")
+    lines.append(f"resource = {_fmt(d['shared']['resource'])}")
+    for k in _SHARED_SCALARS:
+        lines.append(f"{k} = {_fmt(d['shared'][k])}  # {profile.provenance.get(f'shared.{k}', '')}")
+    lines.append("")
+    lines.append("[shared.service_ns]")
+    for k, v in d["shared"]["service_ns"].items():
+        lines.append(f"{k} = {_fmt(v)}  # {profile.provenance.get(f'shared.service_ns.{k}', '')}")
+    lines.append("")
+    lines.append("[provenance]")
+    for k, v in d["provenance"].items():
+        lines.append(f'"{k}" = {_fmt(v)}')
+    return "\n".join(lines) + "\n"
