@@ -99,7 +99,7 @@ class X86(Arch):
                     self.hw.tlbi("page", broadcast=True, asid=mm.asid, vpn=vpn + i, mm=mm, count=twin)
             return
         if cur in mm.cpumask:
-            self._flush_tlb_func(mm, full, vpn, npages, twin)
+            self.flush_tlb_func(mm, full, vpn, npages, twin)
         for c in others:
             self.hw.ipi(c, mm=mm)
             if full:
@@ -108,7 +108,7 @@ class X86(Arch):
                 self.hw.remote_flush(c, "range", mm.asid, vpn, npages)
 
     @kfunc
-    def _flush_tlb_func(self, mm: MmStruct, full: bool, vpn: int, npages: int, twin: int) -> None:
+    def flush_tlb_func(self, mm: MmStruct, full: bool, vpn: int, npages: int, twin: int) -> None:
         """flush_tlb_func on the initiating CPU: INVLPG per page, or a CR3 reload / INVPCID."""
         if full:
             self.hw.tlbi("asid", broadcast=False, asid=mm.asid, mm=mm, count=twin)

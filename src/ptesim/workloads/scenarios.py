@@ -1,0 +1,223 @@
+"""Build a model machine from command-line style options and run named scenarios on it.
+
+A scenario counts only its own operation (the fork, the exit, the munmap, the COW writes); the
+setup before it (mapping, population, earlier forks) runs with the same kernel but is reset out of
+the sink before the measured operation starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ptesim.errors import UsageError
+from ptesim.events import EventSink
+from ptesim.kernel.config import KernelConfig, preset
+from ptesim.kernel.core import Kernel, Task
+from ptesim.units import format_size
+
+BLOCK = 64 * 1024  # the normalisation unit of the reference tables: one 64K block
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that selects one model machine and one populated mapping."""
+
+    arch: str = "x86"
+    preset: str = "v6.9"
+    folio: int = 64 * 1024
+    mem: int = 1 << 20
+    granule: int = 4096
+    cpu_features: frozenset[str] | None = None
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    ncpus: int = 4
+    placement: str = "aligned"  # "aligned" (PMD-aligned mmap) or "malloc" (glibc-style mmap chunk)
+    checks: bool = False
+    trace_limit: int = 0
+
+    def config(self) -> KernelConfig:
+        cfg = preset(self.preset)
+        if self.overrides:
+            cfg = cfg.with_overrides(self.overrides)
+        return cfg
+
+    def build(self) -> Kernel:
+        k = Kernel(
+            self.arch,
+            self.config(),
+            ncpus=self.ncpus,
+            granule=self.granule,
+            cpu_features=self.cpu_features,
+            checks=self.checks,
+            trace_limit=self.trace_limit,
+        )
+        if self.mem % k.arch.page_size:
+            raise UsageError(f"--mem {format_size(self.mem)} is not a multiple of the page size")
+        if self.folio > self.mem:
+            raise UsageError(
+                f"folio size {format_size(self.folio)} is larger than the mapping ({format_size(self.mem)})"
+            )
+        k.set_folio_size(self.folio)
+        return k
+
+    @property
+    def blocks(self) -> float:
+        return self.mem / BLOCK
+
+
+def map_and_populate(k: Kernel, spec: ModelSpec, *, via: str = "auto") -> tuple[Task, int]:
+    """A process on CPU 0 maps ``spec.mem`` of private anonymous memory and fills it.
+
+    ``via='write'`` writes every page from the CPU (memset); ``via='fault'`` faults every page in
+    for writing as MAP_POPULATE does, without the user stores.  Both leave the same page tables.
+    """
+    t = k.spawn(0)
+    page = k.arch.page_size
+    if spec.placement == "malloc":
+        # glibc: an mmap'd chunk is the request plus one page of header, and the user pointer sits
+        # just past the 16-byte chunk header; memset then dirties the whole request.
+        base = t.mmap(spec.mem + page, addr=_malloc_addr(k, spec.mem + page))
+        addr = base
+    elif spec.placement == "aligned":
+        addr = t.mmap(spec.mem)
+    else:
+        raise UsageError(f"unknown placement {spec.placement!r} (aligned or malloc)")
+    if via == "auto":
+        via = "write" if spec.mem <= (16 << 20) else "fault"
+    if via == "write":
+        t.populate(addr, spec.mem)
+    else:
+        fault_in(t, addr, spec.mem)
+    return t, addr
+
+
+def _malloc_addr(k: Kernel, length: int) -> int:
+    """Top-down placement with no THP alignment (mappings not a PMD multiple are not aligned)."""
+    from ptesim.kernel.mmap import MMAP_BASE
+
+    return (MMAP_BASE - length) & ~(k.arch.page_size - 1)
+
+
+def fault_in(t: Task, addr: int, length: int) -> None:
+    """__mm_populate(): write-fault every page that is not yet mapped."""
+    from ptesim.kernel.memory import handle_mm_fault
+
+    k = t.kernel
+    page = k.arch.page_size
+    vma = t.mm.find_vma(addr)
+    assert vma is not None
+    with k.operation(t, "populate"):
+        for a in range(addr, addr + length, page):
+            ptep = t.mm.pte_offset(a)
+            if isinstance(t.mm.pmd_entry(a), int):
+                continue
+            if ptep is None or not k.arch.pte_present(ptep.peek()):
+                handle_mm_fault(vma, a, True)
+    if t.kernel.checks:
+        from ptesim.kernel.check import validate_all
+
+        validate_all(k)
+
+
+@dataclass
+class ScenarioResult:
+    spec: ModelSpec
+    scenario: str
+    sink: EventSink
+    kernel: Kernel
+
+
+def _populate(k: Kernel, spec: ModelSpec) -> tuple[Task, int]:
+    return map_and_populate(k, spec)
+
+
+def sc_populate(k: Kernel, spec: ModelSpec) -> None:
+    t = k.spawn(0)
+    addr = t.mmap(spec.mem)
+    k.sink.reset()
+    if spec.mem <= (16 << 20):
+        with k.sink.operation("populate"):
+            t.populate(addr, spec.mem)
+    else:
+        fault_in(t, addr, spec.mem)
+
+
+def sc_fork_first(k: Kernel, spec: ModelSpec) -> None:
+    t, _ = _populate(k, spec)
+    k.sink.reset()
+    t.fork(1)
+
+
+def sc_fork_steady(k: Kernel, spec: ModelSpec) -> None:
+    t, _ = _populate(k, spec)
+    t.fork(1).exit()
+    k.sink.reset()
+    t.fork(1)
+
+
+def sc_exit_child(k: Kernel, spec: ModelSpec) -> None:
+    t, _ = _populate(k, spec)
+    c = t.fork(1)
+    k.sink.reset()
+    c.exit()
+
+
+def sc_munmap(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    k.sink.reset()
+    t.munmap(addr, spec.mem)
+
+
+def sc_dontneed(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    k.sink.reset()
+    t.madvise(addr, spec.mem, "dontneed")
+
+
+def sc_dontneed_pages(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    k.sink.reset()
+    page = k.arch.page_size
+    for a in range(addr, addr + spec.mem, page):
+        t.madvise(a, page, "dontneed")
+
+
+def sc_cow_write(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    c = t.fork(1)
+    k.sink.reset()
+    page = k.arch.page_size
+    for i, a in enumerate(range(addr, addr + spec.mem, page)):
+        c.write(a, 1000 + i)
+
+
+def sc_mprotect(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    k.sink.reset()
+    t.mprotect(addr, spec.mem, "r")
+
+
+SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
+    "populate": (sc_populate, "fault every page of a fresh mapping in by writing it"),
+    "fork-first": (sc_fork_first, "fork a populated mapping whose PTEs are writable"),
+    "fork-steady": (sc_fork_steady, "fork again after a first child exited: parent PTEs already read-only"),
+    "exit-child": (sc_exit_child, "the child of one fork exits"),
+    "munmap": (sc_munmap, "unmap the whole populated mapping"),
+    "dontneed": (sc_dontneed, "MADV_DONTNEED the whole populated mapping"),
+    "dontneed-pages": (sc_dontneed_pages, "MADV_DONTNEED the populated mapping one page at a time"),
+    "cow-write": (sc_cow_write, "after fork, the child writes every page (COW faults)"),
+    "mprotect": (sc_mprotect, "mprotect the populated mapping read-only"),
+}
+
+
+def run_scenario(spec: ModelSpec, scenario: str) -> ScenarioResult:
+    if scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    k = spec.build()
+    SCENARIOS[scenario][0](k, spec)
+    return ScenarioResult(spec, scenario, k.sink, k)
+
+
+def phase_counts(sink: EventSink) -> dict[str, Counter[str]]:
+    return sink.by_phase()
