@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
 from typing import Any
 
 from ptesim.arch import ARCHES, CPU_FEATURES
@@ -56,10 +55,10 @@ def spec_from_args(a: argparse.Namespace, *, trace_limit: int = 0) -> ModelSpec:
         raise UsageError(
             f"bad folio size {a.folio}: must be a power-of-two multiple of the {format_size(granule)} page"
         )
-    if folio > mem:
-        raise UsageError(f"bad folio size {a.folio}: larger than the mapping ({a.mem})")
     if mem % granule:
         raise UsageError(f"bad --mem {a.mem}: not a multiple of the {format_size(granule)} page")
+    if folio > mem:
+        raise UsageError(f"bad folio size {a.folio}: larger than the mapping ({a.mem})")
     if not 1 <= a.ncpus <= 1024:
         raise UsageError(f"bad --ncpus {a.ncpus}: between 1 and 1024")
     features: frozenset[str] | None = None

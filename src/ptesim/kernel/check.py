@@ -14,7 +14,7 @@ from ptesim.errors import InvariantViolation
 from ptesim.kernel.mm import MM_ANONPAGES, MM_SHMEMPAGES, VM_SHARED, MmStruct
 
 if TYPE_CHECKING:
-    from ptesim.kernel.core import Kernel
+    from ptesim.kernel.core import Kernel, Task
     from ptesim.kernel.folio import Folio
 
 
@@ -256,62 +256,58 @@ class Oracle:
         self.private: dict[int, dict[int, int]] = {}
         self.shared: dict[tuple[int, int], int] = {}
 
-    def _key(self, task: object, addr: int) -> tuple[str, object]:
-        from ptesim.kernel.core import Task
-
-        assert isinstance(task, Task)
+    @staticmethod
+    def _shared_key(task: Task, addr: int) -> tuple[int, int] | None:
         vma = task.mm.find_vma(addr)
-        assert vma is not None
-        shift = task.kernel.arch.page_shift
-        if vma.file is not None:
-            return "s", (vma.file.id, vma.linear_page_index(addr, shift))
-        return "p", (addr >> shift)
+        assert vma is not None, f"{addr:#x} is not mapped in {task!r}"
+        if vma.file is None:
+            return None
+        return vma.file.id, vma.linear_page_index(addr, task.kernel.arch.page_shift)
 
-    def write(self, task: object, addr: int, value: int) -> None:
-        kind, k = self._key(task, addr)
-        if kind == "s":
-            self.shared[k] = value  # type: ignore[index]
+    def write(self, task: Task, addr: int, value: int) -> None:
+        key = self._shared_key(task, addr)
+        if key is not None:
+            self.shared[key] = value
         else:
-            self.private.setdefault(task.mm.id, {})[k] = value  # type: ignore[attr-defined,index]
+            self.private.setdefault(task.mm.id, {})[addr >> task.kernel.arch.page_shift] = value
 
-    def expect(self, task: object, addr: int) -> int:
-        kind, k = self._key(task, addr)
-        if kind == "s":
-            return self.shared.get(k, 0)  # type: ignore[call-overload]
-        return self.private.get(task.mm.id, {}).get(k, 0)  # type: ignore[attr-defined,call-overload]
+    def expect(self, task: Task, addr: int) -> int:
+        key = self._shared_key(task, addr)
+        if key is not None:
+            return self.shared.get(key, 0)
+        return self.private.get(task.mm.id, {}).get(addr >> task.kernel.arch.page_shift, 0)
 
-    def fork(self, parent: object, child: object) -> None:
+    def fork(self, parent: Task, child: Task) -> None:
         from ptesim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK
 
-        pm = parent.mm  # type: ignore[attr-defined]
-        shift = parent.kernel.arch.page_shift  # type: ignore[attr-defined]
-        src = self.private.get(pm.id, {})
+        pm = parent.mm
+        shift = parent.kernel.arch.page_shift
         out: dict[int, int] = {}
-        for vpn, v in src.items():
+        for vpn, v in self.private.get(pm.id, {}).items():
             vma = pm.find_vma(vpn << shift)
             if vma is None or vma.flags & (VM_DONTCOPY | VM_WIPEONFORK):
                 continue
             out[vpn] = v
-        self.private[child.mm.id] = out  # type: ignore[attr-defined]
+        self.private[child.mm.id] = out
 
-    def discard(self, task: object, addr: int, length: int) -> None:
+    def discard(self, task: Task, addr: int, length: int) -> None:
         """munmap / MADV_DONTNEED of private memory: the pages read zero afterwards."""
-        shift = task.kernel.arch.page_shift  # type: ignore[attr-defined]
-        d = self.private.get(task.mm.id, {})  # type: ignore[attr-defined]
+        shift = task.kernel.arch.page_shift
+        d = self.private.get(task.mm.id, {})
         for vpn in range(addr >> shift, (addr + length) >> shift):
             d.pop(vpn, None)
 
-    def exit(self, task: object) -> None:
-        self.private.pop(task.mm.id, None)  # type: ignore[attr-defined]
+    def exit(self, task: Task) -> None:
+        self.private.pop(task.mm.id, None)
 
 
-def validate_isolation(oracle: Oracle, tasks: list[object], addrs: list[int]) -> None:
+def validate_isolation(oracle: Oracle, tasks: list[Task], addrs: list[int]) -> None:
     """Every task reads, at every address it maps, exactly what the oracle says."""
     for task in tasks:
         for addr in addrs:
-            if task.mm.find_vma(addr) is None:  # type: ignore[attr-defined]
+            if task.mm.find_vma(addr) is None:
                 continue
-            got = task.read(addr)  # type: ignore[attr-defined]
+            got = task.read(addr)
             want = oracle.expect(task, addr)
             if got != want:
                 raise InvariantViolation(

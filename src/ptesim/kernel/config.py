@@ -185,8 +185,10 @@ def _parse_flag_value(key: str, text: str) -> Any:
     return text
 
 
-_PER_PTE = dict(fork_batch="none", zap_batch=False, fpb_batch_hint=False, pte_batch_hint=False)
-_V1_CONTPTE = dict(
+_PER_PTE: dict[str, Any] = dict(
+    fork_batch="none", zap_batch=False, fpb_batch_hint=False, pte_batch_hint=False
+)
+_V1_CONTPTE: dict[str, Any] = dict(
     contpte=True,
     contpte_fold="every_set",
     contpte_wrprotect="generic",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ptesim.events import emit, kfunc
-from ptesim.kernel.folio import folio_get
+from ptesim.kernel.folio import folio_get, folio_ref_add
 from ptesim.kernel.mm import MM_ANONPAGES, VM_WRITE, Vma
 from ptesim.kernel.mmu_gather import MmuGather, __tlb_remove_folio_pages
 from ptesim.kernel.pgtable import Ptep, PteTable
@@ -134,6 +134,7 @@ def __split_huge_pmd(vma: Vma, addr: int) -> None:
     pmdp.table.entries[pmdp.idx] = table  # type: ignore[attr-defined]
     base = Ptep(table, 0)
     arch.set_ptes(mm, haddr, base, arch.pte_mknoncont(pmd), folio.nr_pages)
+    folio_ref_add(folio, folio.nr_pages - 1, mm=mm)  # each PTE mapping holds its own reference
     for i in range(folio.nr_pages):
         emit("mapcount", mm=mm)
         folio.mapcount[i] += 1

@@ -93,7 +93,7 @@ def copy_page_range(dst_vma: Vma, src_vma: Vma) -> int:
 
     if not vma_needs_copy(dst_vma, src_vma):
         return 0
-    src_mm, dst_mm = src_vma.mm, dst_vma.mm
+    src_mm = src_vma.mm
     g = src_mm.kernel.arch.geometry
     is_cow = is_cow_mapping(src_vma.flags)
     if is_cow:
@@ -685,10 +685,7 @@ def thp_vma_suitable(vma: Vma, addr: int, order: int, page_size: int) -> bool:
 
 @kfunc
 def pte_range_none(arch: Arch, ptep: Ptep, nr: int) -> bool:
-    for i in range(nr):
-        if not arch.pte_none(arch.ptep_get(ptep + i)):
-            return False
-    return True
+    return all(arch.pte_none(arch.ptep_get(ptep + i)) for i in range(nr))
 
 
 @kfunc
