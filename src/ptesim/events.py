@@ -170,10 +170,15 @@ class EventSink:
     def record(self, prim: str, n: int, mm: object | None, detail: str) -> None:
         phase = self.phase_for(mm)
         self.counts[(prim, phase, self.stack)] += n
-        if self.trace_limit and len(self.trace) < self.trace_limit:
-            for _ in range(n):
-                self._seq += 1
-                self.trace.append(TraceRecord(self._seq, prim, phase, self.stack, detail))
+        if self.trace_limit:
+            self.append_trace(prim, n, phase, detail)
+
+    def append_trace(self, prim: str, n: int, phase: str, detail: str) -> None:
+        for _ in range(n):
+            if len(self.trace) >= self.trace_limit:
+                return
+            self._seq += 1
+            self.trace.append(TraceRecord(self._seq, prim, phase, self.stack, detail))
 
     def reset(self) -> None:
         self.counts.clear()
@@ -232,9 +237,21 @@ def current_sink() -> EventSink:
 
 
 def emit(prim: str, n: int = 1, mm: object | None = None, detail: str = "") -> None:
-    """Record ``n`` executions of primitive ``prim`` in the active sink."""
-    if n:
-        current_sink().record(prim, n, mm, detail)
+    """Record ``n`` executions of primitive ``prim`` in the active sink.
+
+    This is the hottest function of the model, so :meth:`EventSink.record` is inlined here.
+    """
+    sink = _ACTIVE.get()
+    if sink is None:
+        raise RuntimeError("a model primitive ran outside an operation: no event sink is active")
+    if not n:
+        return
+    op = sink.op
+    if op == "fork":
+        op = "fork_child" if mm is not None and mm is sink.child_mm else "fork_parent"
+    sink.counts[(prim, op, sink.stack)] += n
+    if sink.trace_limit:
+        sink.append_trace(prim, n, op, detail)
 
 
 P = ParamSpec("P")
