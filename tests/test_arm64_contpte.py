@@ -1,0 +1,206 @@
+"""arm64 contpte behaviour beyond the per-block tables: partial blocks, BBML2, COW after fork,
+16K/64K granules, the __flush_tlb_range algorithm, and checks that fail when they should."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+import ptesim.arch.arm64.contpte as contpte
+from ptesim.arch.arm64 import Arm64
+from ptesim.errors import InvariantViolation
+from ptesim.events import with_aggregates
+from ptesim.kernel.core import Kernel, Task
+
+KiB = 1024
+MiB = 1 << 20
+
+
+def setup(
+    preset: str = "v6.9", *, mem: int = MiB, folio: int = 64 * KiB, **kw: object
+) -> tuple[Kernel, Task, int]:
+    k = Kernel("arm64", preset, checks=True, **kw)  # type: ignore[arg-type]
+    k.set_folio_size(folio)
+    t = k.spawn(0)
+    a = t.mmap(mem)
+    t.populate(a, mem)
+    k.sink.reset()
+    return k, t, a
+
+
+def totals(k: Kernel) -> Counter[str]:
+    return Counter(with_aggregates(k.sink.totals()))
+
+
+def cont_blocks(k: Kernel, t: Task, a: int, mem: int) -> list[bool]:
+    """For each block of [a, a + mem): is every entry valid with PTE_CONT?"""
+    arch = k.arch
+    n = arch.cont_ptes
+    out = []
+    for blk in range(a, a + mem, n * arch.page_size):
+        ptep = t.mm.pte_offset(blk)
+        assert ptep is not None
+        out.append(all(arch.pte_valid_cont((ptep + i).peek()) for i in range(n)))
+    return out
+
+
+def test_populate_builds_cont_blocks() -> None:
+    k, t, a = setup()
+    assert all(cont_blocks(k, t, a, MiB))
+
+
+def test_partial_block_unfolds_once() -> None:
+    """§9.2 note (c2): a batch ending inside a CONT block (here a VMA boundary 8 pages into the
+    block) unfolds that block: +16 xchg, +16 stores, +16 TLBI, +2 DSB compared with no split."""
+    k, t, _a = setup()
+    t.fork(1)
+    base = totals(k)
+    k2, t2, a2 = setup()
+    t2.madvise(a2 + 8 * 4096, MiB - 8 * 4096, "hugepage")  # splits the VMA, touches no PTE
+    k2.sink.reset()
+    t2.fork(1)
+    c = totals(k2)
+    assert c["tlbi_page_bcast"] - base["tlbi_page_bcast"] == 16
+    assert c["dsb"] - base["dsb"] == 2
+    assert c["pte_xchg"] - base["pte_xchg"] == 16
+    parent = k2.sink.by_phase()["fork_parent"]
+    assert parent["pte_write"] == 16
+    assert cont_blocks(k2, t2, a2, MiB) == [False] + [True] * 15
+
+
+def test_bbml2_elides_convert_flush() -> None:
+    """With BBML2_NOABORT every contpte_convert drops its TLBI range and both DSBs."""
+    k, t, a = setup("v6.16-bbml2")
+    t.madvise(a + 8 * 4096, MiB - 8 * 4096, "hugepage")
+    k.sink.reset()
+    t.fork(1)
+    c = totals(k)
+    assert c["pte_xchg"] == 16
+    assert c["tlbi_page"] == 0 and c["tlbi_asid_bcast"] == 1 and c["dsb"] == 2
+
+
+def test_cow_in_parent_first_fault_unfolds() -> None:
+    """§6.3: first COW fault in a CONT block 17 TLBI + 4 DSB; later ones 1 TLBI + 2 DSB."""
+    k, t, a = setup()
+    t.fork(1)
+    k.sink.reset()
+    t.write(a, 7)
+    c = totals(k)
+    assert c["tlbi_page_bcast"] == 17 and c["dsb"] == 4
+    # four gathers while CONT (lockless entry, PTL recheck, do_wp_page, wp_page_copy recheck), the
+    # unfold test in ptep_get_and_clear, and the unfold test in set_pte_at of the new page
+    assert c["pte_xchg"] == 17 and c["pte_read"] == 4 * 17 + 2
+    k.sink.reset()
+    t.write(a + 4096, 8)
+    c = totals(k)
+    assert c["tlbi_page_bcast"] == 1 and c["dsb"] == 2
+    assert cont_blocks(k, t, a, MiB)[0] is False
+
+
+def test_cow_in_child_old_entries_need_no_page_flush() -> None:
+    """The child's entries are old (fork clears AF) and arm64 pte_accessible() is valid && young:
+    ptep_clear_flush skips flush_tlb_page, so only the unfold's 16 TLBI + 2 DSB remain."""
+    k, t, a = setup()
+    c_task = t.fork(1)
+    k.sink.reset()
+    c_task.write(a, 7)
+    c = totals(k)
+    assert c["tlbi_page_bcast"] == 16 and c["dsb"] == 2
+    k.sink.reset()
+    c_task.write(a + 4096, 8)
+    assert totals(k)["tlbi_page"] == 0
+
+
+@pytest.mark.parametrize("granule,folio", [(16 * KiB, 2 * MiB), (64 * KiB, 2 * MiB)])
+def test_big_granules_v69_keep_cont(granule: int, folio: int) -> None:
+    """A 2M folio forked under v6.9 keeps CONT in parent and child; no TLBI per block."""
+    mem = 4 * MiB
+    k, t, a = setup("v6.9", mem=mem, folio=folio, granule=granule)
+    assert k.arch.cont_ptes == {16 * KiB: 128, 64 * KiB: 32}[granule]
+    child = t.fork(1)
+    c = totals(k)
+    assert c["tlbi_page"] == 0 and c["tlbi_asid_bcast"] == 1
+    assert all(cont_blocks(k, t, a, mem)) and all(cont_blocks(k, child, a, mem))
+
+
+@pytest.mark.parametrize("granule", [16 * KiB, 64 * KiB])
+def test_big_granules_basic_unfolds_each_block_once(granule: int) -> None:
+    mem = 4 * MiB
+    k, t, a = setup("contpte-basic", mem=mem, folio=2 * MiB, granule=granule)
+    t.fork(1)
+    c = totals(k)
+    blocks = mem // (k.arch.cont_ptes * k.arch.page_size)
+    assert c["tlbi_page_bcast"] == blocks * k.arch.cont_ptes
+    assert c["dsb"] == 2 * blocks + 2
+    assert not any(cont_blocks(k, t, a, mem))
+
+
+def test_flush_tlb_range_algorithm() -> None:
+    """§4.2: 16 pages -> 16 VALE1IS, or one RVALE1IS (scale 0, num 7) with FEAT_TLBIRANGE; >= 512
+    pages without it -> one ASID flush (v6.9 adds its trailing DSB ISH); odd ranges end with a
+    single TLBI; 2^21 + 1 pages -> ASID flush even with range support."""
+    for feats, pages, want in [
+        (frozenset(), 16, {"tlbi_page_bcast": 16, "dsb_ishst": 1, "dsb_ish": 1}),
+        (frozenset({"tlbi-range"}), 16, {"tlbi_range_bcast": 1, "dsb_ishst": 1, "dsb_ish": 1}),
+        (frozenset(), 512, {"tlbi_asid_bcast": 1, "dsb_ishst": 1, "dsb_ish": 2}),
+        (frozenset({"tlbi-range"}), 512, {"tlbi_range_bcast": 1, "dsb_ishst": 1, "dsb_ish": 1}),
+        (
+            frozenset({"tlbi-range"}),
+            17,
+            {"tlbi_range_bcast": 1, "tlbi_page_bcast": 1, "dsb_ishst": 1, "dsb_ish": 1},
+        ),
+        (frozenset({"tlbi-range"}), (1 << 21) + 1, {"tlbi_asid_bcast": 1, "dsb_ishst": 1, "dsb_ish": 2}),
+        (frozenset({"repeat-tlbi"}), 2, {"tlbi_page_bcast": 4, "dsb_ishst": 1, "dsb_ish": 3}),
+        (frozenset({"kpti", "tlbi-range"}), 16, {"tlbi_range_bcast": 2, "dsb_ishst": 1, "dsb_ish": 1}),
+    ]:
+        k = Kernel("arm64", "v6.9", cpu_features=feats)
+        t = k.spawn(0)
+        arch = k.arch
+        assert isinstance(arch, Arm64)
+        with k.sink.operation("munmap"):
+            arch.raw_flush_tlb_range(t.mm, 0, pages * 4096, 4096, True, 3)
+        assert dict(k.sink.totals()) == want, (feats, pages)
+
+
+def test_convert_without_flush_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contpte_convert that skips its invalidation leaves TLB entries for a block it has just made
+    invalid: the break-before-make flush point reports it."""
+    k, t, _a = setup("contpte-v2-01-12")
+    assert isinstance(k.arch, Arm64)
+    monkeypatch.setattr(k.arch, "raw_flush_tlb_range", lambda *args, **kw: None)
+    with pytest.raises(InvariantViolation, match="contpte_convert"):
+        t.fork(1)
+
+
+def test_partial_wrprotect_keeping_cont_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write-protecting part of a block without unfolding it breaks the Arm ARM contiguous rule."""
+    k, t, a = setup()
+    arch = k.arch
+    blk = 16 * 4096
+    ptep = t.mm.pte_offset(a + blk)
+    assert ptep is not None
+    with k.operation(t, "mprotect"):  # the real code unfolds block 1 first: the checks pass
+        arch.wrprotect_ptes(t.mm, a + blk, ptep, 8)
+    assert cont_blocks(k, t, a, 2 * blk) == [True, False]
+    monkeypatch.setattr(contpte, "contpte_try_unfold_partial", lambda *args, **kw: None)
+    ptep = t.mm.pte_offset(a)
+    assert ptep is not None
+    with pytest.raises(InvariantViolation) as exc, k.operation(t, "mprotect"):
+        arch.wrprotect_ptes(t.mm, a, ptep, 8)
+    assert exc.value.check == "cont_block"
+
+
+def test_explain_chain_for_v1_child_fold() -> None:
+    """Every TLBI of the v1 child fold comes from contpte_convert <- __contpte_try_fold <- set_ptes
+    <- copy_present_pte."""
+    k, t, _a = setup("contpte-v1-before-opt")
+    t.fork(1).exit()
+    k.sink.reset()
+    t.fork(1)
+    stacks = [s for s, c in k.sink.by_stack(("fork_child",)).items() if c["tlbi_page_bcast"]]
+    assert stacks
+    for s in stacks:
+        i = s.index("contpte_convert")
+        assert s[i - 3 : i + 1] == ("copy_present_pte", "set_ptes", "__contpte_try_fold", "contpte_convert")
+        assert s[-1] == "__flush_tlb_range_op"
