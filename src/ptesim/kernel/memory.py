@@ -612,6 +612,7 @@ def free_pgtables(tlb: MmuGather, mm: MmStruct, start: int, end: int, keep: list
                 tlb.freed_tables = True
 
     walk(mm.pgd)
+    mm.forget_tables()
 
 
 # =============================================================================================

@@ -101,6 +101,9 @@ class MmStruct:
         self.dead = False
         self.nr_ptes = 0
         self._geometry = g
+        #: PMD tables by the address range they cover (a lookup cache; dropped when tables are freed)
+        self._pmd_cache: dict[int, UpperTable] = {}
+        self._pud_shift = g.shifts[g.levels - 3]
 
     def __repr__(self) -> str:
         return f"<mm{self.id} asid={self.asid}>"
@@ -118,6 +121,9 @@ class MmStruct:
     # ---- page-table walk (uncounted: table pointers, not entries) ------------------------------
     def pmd_table(self, addr: int, alloc: bool) -> UpperTable | None:
         """The PMD-level table covering ``addr`` (pgd/p4d/pud_alloc when ``alloc``)."""
+        cached = self._pmd_cache.get(addr >> self._pud_shift)
+        if cached is not None:
+            return cached
         g = self._geometry
         table = self.pgd
         for level in range(g.levels - 2):
@@ -132,7 +138,12 @@ class MmStruct:
                 table.entries[idx] = nxt
             assert isinstance(nxt, UpperTable)
             table = nxt
+        self._pmd_cache[addr >> self._pud_shift] = table
         return table
+
+    def forget_tables(self) -> None:
+        """Drop the lookup cache after upper-level tables were freed."""
+        self._pmd_cache.clear()
 
     def pmdp(self, addr: int, alloc: bool) -> Pmdp | None:
         from ptesim.arch.base import Pmdp

@@ -31,6 +31,7 @@ class Geometry:
     page_shift: int
     shifts: tuple[int, ...]
     va_bits: int
+    _masks: tuple[int, ...] = ()
 
     @property
     def page_size(self) -> int:
@@ -67,7 +68,11 @@ class Geometry:
         return self.ptrs_per_table
 
     def index(self, level: int, addr: int) -> int:
-        return (addr >> self.shifts[level]) & (self.entries_at(level) - 1)
+        return (addr >> self.shifts[level]) & self._masks[level]
+
+    def __post_init__(self) -> None:
+        masks = tuple(self.entries_at(level) - 1 for level in range(len(self.shifts)))
+        object.__setattr__(self, "_masks", masks)
 
 
 #: 4-level tables for a 4K granule (x86-64, arm64 4K, riscv Sv48).
