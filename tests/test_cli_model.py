@@ -122,3 +122,13 @@ def test_console_script_error_has_no_traceback() -> None:
     )
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_presets_doc_is_current() -> None:
+    """docs/presets.md is exactly what `ptesim presets --markdown` generates."""
+    from pathlib import Path
+
+    from ptesim.commands import presets_markdown
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "presets.md"
+    assert doc.read_text() == presets_markdown(), "regenerate: ptesim presets --markdown > docs/presets.md"
