@@ -22,7 +22,12 @@ def add_model_options(p: argparse.ArgumentParser, *, mem: str = "1M", folio: str
     p.add_argument("--arch", default="x86", help=f"one of {', '.join(ARCHES)} (default x86)")
     p.add_argument("--preset", default="v6.9", help="kernel preset (see 'ptesim presets')")
     p.add_argument("--folio", default=folio, help=f"anonymous folio size, e.g. 4K, 64K, 2M (default {folio})")
-    p.add_argument("--mem", default=mem, help=f"size of the populated mapping (default {mem})")
+    p.add_argument(
+        "--mem",
+        default=None,
+        help=f"size of the populated mapping (default {mem}, or the folio size if larger)",
+    )
+    p.set_defaults(default_mem=mem)
     p.add_argument("--granule", default="4K", help="arm64 translation granule: 4K, 16K or 64K")
     p.add_argument(
         "--cpu-features",
@@ -49,8 +54,10 @@ def spec_from_args(a: argparse.Namespace, *, trace_limit: int = 0) -> ModelSpec:
     if granule_key not in GRANULES:
         raise UsageError(f"bad granule {a.granule!r}: one of 4K, 16K, 64K")
     granule = GRANULES[granule_key]
-    mem = parse_size(a.mem, what="--mem")
     folio = parse_size(a.folio, what="--folio")
+    if a.mem is None:
+        a.mem = a.folio if folio > parse_size(a.default_mem) else a.default_mem
+    mem = parse_size(a.mem, what="--mem")
     if folio % granule or (folio // granule) & (folio // granule - 1):
         raise UsageError(
             f"bad folio size {a.folio}: must be a power-of-two multiple of the {format_size(granule)} page"
@@ -118,8 +125,14 @@ def presets_markdown() -> str:
         lines.append(cfg.description)
         lines.append("")
         base = PRESETS["v6.9"]
-        diff = [f"`{f.name}={getattr(cfg, f.name)}`" for f in FLAG_FIELDS if getattr(cfg, f.name) != getattr(base, f.name)]
-        lines.append("Differs from `v6.9` in: " + (", ".join(diff) if diff else "nothing (it is the reference)") + ".")
+        diff = [
+            f"`{f.name}={getattr(cfg, f.name)}`"
+            for f in FLAG_FIELDS
+            if getattr(cfg, f.name) != getattr(base, f.name)
+        ]
+        lines.append(
+            "Differs from `v6.9` in: " + (", ".join(diff) if diff else "nothing (it is the reference)") + "."
+        )
         if cfg.default_cpu_features:
             lines.append(f"Implied CPU features: {', '.join(sorted(cfg.default_cpu_features))}.")
         lines.append("")
