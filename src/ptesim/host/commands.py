@@ -330,6 +330,7 @@ def register(sub: Any) -> None:
 
     p = hs.add_parser("info", help="kernel, CPUs, mTHP sizes and settings, THP stats, tracing")
     _output_flags(p, csv_too=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="accepted for symmetry; info is quiet")
     p.set_defaults(handler=cmd_info, csv=False)
 
     for op, what in (

@@ -129,6 +129,11 @@ class Tracer:
         if self.fd >= 0:
             os.write(self.fd, b"0")
 
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def mark(self) -> None:
         if self.instance:
             self.on()
@@ -153,16 +158,22 @@ def _verify(spec: dict[str, Any], buf: Buffer) -> dict[str, Any]:
     ).as_dict()
 
 
-def _fork_blocked() -> tuple[int, int]:
+def _child_wait(r: int, w: int, tracer: Tracer) -> None:
+    """In a forked child: drop what it inherited, block until released, exit."""
+    try:
+        os.close(w)
+        tracer.close()
+        os.read(r, 1)
+    finally:
+        os._exit(0)
+
+
+def _fork_blocked(tracer: Tracer) -> tuple[int, int]:
     """fork(); the child blocks on a pipe until released.  Returns (pid, write end)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        try:
-            os.close(w)
-            os.read(r, 1)
-        finally:
-            os._exit(0)
+        _child_wait(r, w, tracer)
     os.close(r)
     return pid, w
 
@@ -178,11 +189,7 @@ def _time_fork(tracer: Tracer) -> int:
     t0 = time.perf_counter_ns()
     pid = os.fork()
     if pid == 0:
-        try:
-            os.close(w)
-            os.read(r, 1)
-        finally:
-            os._exit(0)
+        _child_wait(r, w, tracer)
     t1 = time.perf_counter_ns()
     tracer.off()
     os.close(r)
@@ -210,7 +217,7 @@ def _one(spec: dict[str, Any], buf: Buffer, tracer: Tracer) -> int:
         tracer.off()
         return t1 - t0
     if op == "cow":
-        pid, w = _fork_blocked()
+        pid, w = _fork_blocked(tracer)
         try:
             tracer.on()
             t0 = time.perf_counter_ns()

@@ -220,8 +220,19 @@ def run_undo(action: Mapping[str, str]) -> None:
     """Undo one recorded side effect; already-undone ones are not an error."""
     kind, path = action["kind"], action["path"]
     if kind == "rmdir":
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(path)
+        # A tracefs instance is busy while any process (a dying child of the measuring process
+        # that inherited its tracing_on descriptor) still has one of its files open: wait a little.
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                os.rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     elif kind == "umount":
         if _is_mountpoint(path):
             subprocess.run(["umount", path], check=False, capture_output=True)
@@ -475,13 +486,24 @@ class HostSession:
             return
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
+            failed: list[tuple[dict[str, str], OSError]] = []
             for action in reversed(self._undo):
-                run_undo(action)
-            self._undo.clear()
+                try:
+                    run_undo(action)
+                except OSError as exc:
+                    failed.append((action, exc))
+            self._undo = [action for action, _ in failed]
             self.stack.restore()
             self.settings_after = self.sysfs.read_all()
-            self.state_file.unlink(missing_ok=True)
             self._active = False
+            if failed:
+                self._write_state()
+                first, error = failed[0]
+                raise UsageError(
+                    f"THP settings restored, but could not {first['kind']} {first['path']}: "
+                    f"{error.strerror}; run 'ptesim host restore'"
+                )
+            self.state_file.unlink(missing_ok=True)
         finally:
             for sig, old in self._old_handlers.items():
                 signal.signal(sig, old)

@@ -182,7 +182,11 @@ def tlb_trace(session: HostSession, buffer_kb: int = 4096) -> Iterator[TlbTrace 
 
 
 def _undo(session: HostSession, kind: str, path: str) -> None:
-    run_undo({"kind": kind, "path": path})
+    """Undo now if possible; if not, the session retries at its end (or ``host restore`` later)."""
+    try:
+        run_undo({"kind": kind, "path": path})
+    except OSError:
+        return
     session.forget_undo(kind, path)
 
 
