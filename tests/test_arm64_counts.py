@@ -55,6 +55,19 @@ def test_a1_baseline_per_pte() -> None:
     assert_fork_constant(c)
 
 
+def test_a2_v69_with_contpte_off() -> None:
+    """(a2) v6.9 core with CONFIG_ARM64_CONTPTE=n: 16 scan reads (+1 probe), 16 wrprotect reads,
+    16 cmpxchg, 16 child stores, one folio_ref_add per folio, no TLBI."""
+    spec = ModelSpec(arch="arm64", preset="v6.9", mem=MiB, checks=True, overrides={"contpte": "n"})
+    ph = run_scenario(spec, "fork-first").sink.by_phase()
+    p, ch = Counter(ph["fork_parent"]), Counter(ph["fork_child"])
+    assert p["pte_read"] == (16 + 16) * B + (B - 1)
+    assert p["pte_cmpxchg"] == N and p["pte_xchg"] == 0
+    assert ch["pte_write"] == N
+    assert ch["folio_ref"] == B and ch["mapcount"] == N and ch["anon_exclusive"] == N
+    assert p["tlbi_page_bcast"] == 0 and p["tlbi_asid_bcast"] == 1
+
+
 def test_b_v2_01_12_unfold_refold() -> None:
     """(b) v2 #01-#12: scan 289, wrprotect 64, child 17 reads; 16 cmpxchg + 32 xchg; 32 parent +
     16 child stores; 32 TLBI VALE1IS and 4 DSB; 1 folio ref; parent and child CONT."""
