@@ -49,7 +49,7 @@ def exit_mmap(mm: MmStruct) -> None:
     tlb_finish_mmu(tlb)
     for vma in vmas:
         if vma.file is not None:
-            vma.file.users -= 1
+            vma.file.put(mm.kernel)
     mm.vmas.clear()
 
 

@@ -54,6 +54,15 @@ class ShmemFile:
         self.pages: dict[int, Folio] = {}
         self.users = 0
 
+    def put(self, kernel: Kernel) -> None:
+        """fput() of one mapping's reference.  The last one evicts the inode (shmem_evict_inode ->
+        shmem_truncate_range): every page-cache folio loses the page cache's reference."""
+        self.users -= 1
+        if self.users == 0:
+            for folio in self.pages.values():
+                kernel.pages.folio_put(folio)
+            self.pages.clear()
+
 
 @dataclass(eq=False)
 class Vma:

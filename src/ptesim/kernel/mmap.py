@@ -147,7 +147,7 @@ def do_vmi_munmap(mm: MmStruct, start: int, length: int) -> None:
     for vma in vmas:
         mm.vmas.remove(vma)
         if vma.file is not None:
-            vma.file.users -= 1
+            vma.file.put(mm.kernel)
     free_pgtables(tlb, mm, start, end, keep=mm.vmas)
     tlb_finish_mmu(tlb)
 
