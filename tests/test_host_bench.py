@@ -16,7 +16,14 @@ import pytest
 
 from ptesim import cli
 from ptesim.host import bench
-from ptesim.host.sysfs import STATE_FILE_NAME, HostSession, ThpSysfs, settings_for_size, state_dir
+from ptesim.host.sysfs import (
+    STATE_FILE_NAME,
+    HostSession,
+    ThpSysfs,
+    quiescent_settings,
+    settings_for_size,
+    state_dir,
+)
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")
 HOST_OK = sys.platform.startswith("linux") and os.geteuid() == 0 and any(THP.glob("hugepages-*kB/enabled"))
@@ -42,9 +49,9 @@ TOP_KEYS = {"kernel", "arch", "mem", "results", "settings_before", "settings_aft
 def knobs_unchanged() -> Iterator[dict[str, str]]:
     """Every THP knob equals its value before the test, no saved state and no runner remain."""
     sysfs = ThpSysfs()
-    before = sysfs.read_all()
+    before = quiescent_settings(sysfs)
     yield before
-    assert sysfs.read_all() == before
+    assert quiescent_settings(sysfs) == before
     assert not (state_dir() / STATE_FILE_NAME).exists()
     assert runner_processes() == []
     assert not [
@@ -266,3 +273,18 @@ def test_exception_mid_run_restores_settings(
     with pytest.raises(RuntimeError, match="injected mid-run"):
         cli.main(["host", "fork", "--sizes", "64K,2M", "--mem", "32M", "--reps", "2", "-q"])
     assert seen == ["fork"]
+
+
+def test_without_write_access_current_settings_are_used(knobs_unchanged: dict[str, str]) -> None:
+    """Read-only (as without root): nothing changes, unsettable sizes are named, 4K still timed."""
+    p = bench.plan("fork", "4K,64K", "8M", reps=2, warmup=0, trace=False)
+    with HostSession(writable=False) as s:
+        doc = bench.measure(p, s)
+    bench.finish(doc, s)
+    assert doc["root"] is False
+    assert doc["settings_before"] == doc["settings_after"] == knobs_unchanged
+    four_k, sixty_four_k = doc["results"]
+    assert four_k["median_ms"] is not None and four_k["backing_pct"] >= 90.0
+    if knobs_unchanged["hugepages-64kB/enabled"] == "never":
+        assert doc["unset_sizes"] == ["64K"]
+        assert sixty_four_k["median_ms"] is None and "threshold" in sixty_four_k["skipped"]

@@ -11,7 +11,7 @@ import pytest
 
 from ptesim.host.pagemap import verify_backing
 from ptesim.host.runner import MADV_HUGEPAGE, MADV_NOHUGEPAGE, Buffer
-from ptesim.host.sysfs import HostSession, ThpSysfs, settings_for_size
+from ptesim.host.sysfs import HostSession, ThpSysfs, quiescent_settings, settings_for_size
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")
 HOST_OK = sys.platform.startswith("linux") and os.geteuid() == 0 and any(THP.glob("hugepages-*kB/enabled"))
@@ -28,10 +28,10 @@ MEM = 32 << 20
 @pytest.fixture
 def session() -> Iterator[HostSession]:
     sysfs = ThpSysfs()
-    before = sysfs.read_all()
+    before = quiescent_settings(sysfs)
     with HostSession(sysfs) as s:
         yield s
-    assert sysfs.read_all() == before
+    assert quiescent_settings(sysfs) == before
 
 
 def _populated(session: HostSession, size: int, advice: int | None = None) -> Buffer:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ptesim.host.sysfs import STATE_FILE_NAME, ThpSysfs, state_dir
+from ptesim.host.sysfs import STATE_FILE_NAME, ThpSysfs, quiescent_settings, state_dir
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")
 HOST_OK = sys.platform.startswith("linux") and os.geteuid() == 0 and any(THP.glob("hugepages-*kB/enabled"))
@@ -69,9 +69,9 @@ def no_leftovers() -> None:
 @pytest.fixture
 def knobs() -> Iterator[dict[str, str]]:
     sysfs = ThpSysfs()
-    before = sysfs.read_all()
+    before = quiescent_settings(sysfs)
     yield before
-    after = sysfs.read_all()
+    after = quiescent_settings(sysfs)
     if after != before:
         subprocess.run([sys.executable, "-m", "ptesim.cli", "host", "restore"], check=False)
     assert after == before

@@ -18,6 +18,7 @@ from ptesim.host.sysfs import (
     ThpSysfs,
     parse_choices,
     parse_knob,
+    quiescent_settings,
     restore_saved_state,
     settings_for_size,
     state_dir,
@@ -31,9 +32,9 @@ HOST_OK = sys.platform.startswith("linux") and os.geteuid() == 0 and any(THP.glo
 def knobs_unchanged() -> Iterator[dict[str, str]]:
     """Every THP knob reads the same after the test as before it (restored if not, then fail)."""
     sysfs = ThpSysfs()
-    before = sysfs.read_all()
+    before = quiescent_settings(sysfs)
     yield before
-    after = sysfs.read_all()
+    after = quiescent_settings(sysfs)
     if after != before:
         for name, value in before.items():
             if sysfs.read(name) != value:

@@ -137,13 +137,16 @@ def summarize(samples_ms: list[float]) -> dict[str, float | None]:
 
 def run_runner(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Run :mod:`ptesim.host.runner` with ``spec``; kill and reap it on any exit path."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ptesim.host.runner"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ptesim.host.runner"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot start the measuring process {sys.executable}: {exc.strerror}") from None
     try:
         out, err = proc.communicate(json.dumps(dict(spec, parent=os.getpid())))
     finally:
@@ -219,9 +222,13 @@ def plan(
     )
 
 
-def _madvise_for(size: int, mode: str) -> str | None:
+def _madvise_for(size: int, mode: str, session: HostSession) -> str | None:
+    """The advice for the buffer: NOHUGEPAGE for 4K; HUGEPAGE in madvise mode, or, when the
+    settings cannot be changed, wherever the current setting of the size is ``madvise``."""
     if size == page_size():
         return "nohugepage"
+    if not session.writable and session.sysfs.effective_mode(size, page_size()) == "madvise":
+        return "hugepage"
     return "hugepage" if mode == "madvise" else None
 
 
@@ -273,7 +280,7 @@ def measure(p: Plan, session: HostSession, notify: Notify | None = None) -> dict
                 "folio_size": size,
                 "page_size": page_size(),
                 "pmd_size": pmd,
-                "madvise": _madvise_for(size, p.mode),
+                "madvise": _madvise_for(size, p.mode, session),
                 "warmup": p.warmup,
                 "reps": p.reps,
                 "cpu": p.cpu,
@@ -435,7 +442,7 @@ def measure_wis(p: WisPlan, session: HostSession, notify: Notify | None = None) 
                     "folio_size": p.size,
                     "page_size": page_size(),
                     "pmd_size": sysfs.pmd_size(),
-                    "madvise": _madvise_for(p.size, p.mode),
+                    "madvise": _madvise_for(p.size, p.mode, session),
                     "workers": n,
                     "cpus": allowed[:n],
                     "duration": p.duration,

@@ -90,6 +90,8 @@ def format_op_table(doc: dict[str, Any]) -> str:
             "net ms = median minus the measuring process's own fork "
             f"({_ms(next((r['baseline_ms'] for r in results if r['baseline_ms']), None))} ms)"
         )
+    if compare and all(r.get("model_ms") is None for r in results):
+        notes.append(f"the model gave no prediction with profile {doc['model']['profile']!r}")
     notes += _common_notes(doc)
     if notes:
         out += [""] + [f"- {n}" for n in notes]

@@ -546,6 +546,31 @@ def restore_saved_state(sysfs: ThpSysfs | None = None) -> str:
         )
 
 
+def quiescent_settings(sysfs: ThpSysfs | None = None, timeout: float = 120.0) -> Settings:
+    """Every knob, read while no ptesim host run holds the settings (waits for one to finish).
+
+    This is the value a run would save; tests compare it before and after to prove a restore.
+    """
+    sysfs = sysfs or ThpSysfs()
+    d = state_dir()
+    if not d.is_dir() or not is_root():
+        return sysfs.read_all()
+    deadline = time.monotonic() + timeout
+    with (d / LOCK_FILE_NAME).open("a+") as lock:
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UsageError("another ptesim host run holds the THP settings") from None
+                time.sleep(0.1)
+        try:
+            return sysfs.read_all()
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def meminfo() -> dict[str, int]:
     """``/proc/meminfo`` in bytes."""
     out: dict[str, int] = {}
