@@ -29,6 +29,8 @@ CPU_FEATURES: dict[str, dict[str, str]] = {
         "kpti": "kernel page-table isolation: every user TLBI issued twice (user ASID twin)",
         "bbml2": "BBML2_NOABORT: contiguous bit may change without break-before-make",
         "repeat-tlbi": "ARM64_WORKAROUND_REPEAT_TLBI erratum: TLBI; DSB ISH; TLBI",
+        "no-hafdbs": "no FEAT_HAFDBS (ARMv8.0 cores): access flag and dirty state managed by software "
+        "through faults; an entry that took a permission fault may stay in the TLB",
     },
     "riscv": {
         "sbi-rfence": "remote fences through the SBI RFENCE call instead of direct IPIs",

@@ -282,6 +282,29 @@ class Arch:
         return True
 
     @kfunc
+    def clear_young_dirty_ptes(self, vma: Vma, addr: int, ptep: Ptep, nr: int, flags: int) -> None:
+        """include/linux/pgtable.h (v6.10, MADV_FREE): per entry get-and-clear, then store it back
+        old and/or clean (young only: ptep_test_and_clear_young)."""
+        from ptesim.arch.arm64.contpte import CYDP_CLEAR_DIRTY, CYDP_CLEAR_YOUNG
+
+        for i in range(nr):
+            a, p = addr + i * self.page_size, ptep + i
+            if flags == CYDP_CLEAR_YOUNG:
+                self.ptep_test_and_clear_young(vma, a, p)
+                continue
+            pte = self.ptep_get_and_clear(vma.mm, a, p)
+            if flags & CYDP_CLEAR_YOUNG:
+                pte = self.pte_mkold(pte)
+            if flags & CYDP_CLEAR_DIRTY:
+                pte = self.pte_mkclean(pte)
+            self.set_pte_at(vma.mm, a, p, pte)
+
+    def hw_keeps_permission_faults(self) -> bool:
+        """Whether a TLB entry whose permissions made an access fault may stay cached (so the
+        kernel must invalidate it when it grants the permission)."""
+        return False
+
+    @kfunc
     def ptep_clear_flush(self, vma: Vma, addr: int, ptep: Ptep) -> int:
         """mm/pgtable-generic.c: clear, and flush the page if it may be cached."""
         pte = self.ptep_get_and_clear(vma.mm, addr, ptep)

@@ -61,13 +61,21 @@ def access(task: Task, addr: int, *, write: bool, value: int = 0) -> int:
         hit = cpu.tlb.lookup(mm.asid, vpn)
         if hit is not None:
             key, e = hit
-            if write and not e.writable:
-                cpu.tlb.drop(key)  # a permission fault never leaves the entry cached
-            else:
+            if not (write and not e.writable):
                 return _touch(kernel, task, e.pfn + (vpn - key[1]), write, value)
+            if arch.hw_keeps_permission_faults():
+                # the stale read-only entry stays: only the kernel's invalidation removes it
+                vma = task._vma(addr, write)
+                with kernel.operation(task, "fault"):
+                    handle_mm_fault(vma, addr, write)
+                continue
+            cpu.tlb.drop(key)  # a permission fault does not leave the entry cached
         pte, pfn, span = walk(kernel, mm, addr)
         new = arch.hw_access(pte, write) if pte is not None else None
         if new is None:
+            cacheable = pte is not None and arch.hw_access(pte, False) is not None  # valid, accessed
+            if write and cacheable and arch.hw_keeps_permission_faults():
+                cpu.tlb.insert(mm.asid, vpn, span, pfn - (vpn & (span - 1)), False)
             vma = task._vma(addr, write)
             with kernel.operation(task, "fault"):
                 handle_mm_fault(vma, addr, write)

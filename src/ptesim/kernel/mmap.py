@@ -15,6 +15,7 @@ from ptesim.kernel.memory import (
     vma_soft_dirty_enabled,
 )
 from ptesim.kernel.mm import (
+    VM_DONTCOPY,
     VM_EXEC,
     VM_HUGEPAGE,
     VM_MAYEXEC,
@@ -165,6 +166,15 @@ def madvise(mm: MmStruct, start: int, length: int, advice: str) -> None:
     if advice == "dontneed":
         for vma in [v for v in mm.vmas if v.start < end and v.end > start]:
             zap_page_range_single(vma, max(start, vma.start), min(end, vma.end))
+    elif advice == "free":
+        for vma in [v for v in mm.vmas if v.start < end and v.end > start]:
+            madvise_free_single_vma(vma, max(start, vma.start), min(end, vma.end))
+    elif advice in ("dontfork", "dofork"):
+        for vma in _isolate(mm, start, end):
+            if advice == "dontfork":
+                vma.flags |= VM_DONTCOPY
+            else:
+                vma.flags &= ~VM_DONTCOPY
     elif advice in ("hugepage", "nohugepage"):
         for vma in _isolate(mm, start, end):
             if advice == "hugepage":
@@ -173,6 +183,57 @@ def madvise(mm: MmStruct, start: int, length: int, advice: str) -> None:
                 vma.flags = (vma.flags | VM_NOHUGEPAGE) & ~VM_HUGEPAGE
     else:
         raise UsageError(f"unknown madvise advice {advice!r}")
+
+
+@kfunc
+def madvise_free_single_vma(vma: Vma, start: int, end: int) -> None:
+    """MADV_FREE (mm/madvise.c, v6.10) of private anonymous memory: mark the pages lazily freeable
+    by making their PTEs old and clean, under one mmu_gather.  Reclaim (not modelled) may then
+    drop a page whose PTE is still clean; a write before that re-dirties it and keeps the data.
+    PMD-mapped THPs are left alone, and a large folio not wholly inside the range is skipped
+    (the kernel would try to split it)."""
+    from ptesim.kernel.pgtable import PteTable
+
+    if vma.file is not None or not vma.anon_vma:
+        return
+    mm = vma.mm
+    g = mm.kernel.arch.geometry
+    tlb = tlb_gather_mmu(mm)
+    addr = start
+    while addr < end:
+        nxt = min((addr | (g.pmd_size - 1)) + 1, end)
+        if isinstance(mm.pmd_entry(addr), PteTable):
+            madvise_free_pte_range(tlb, vma, addr, nxt)
+        addr = nxt
+    tlb_finish_mmu(tlb)
+
+
+@kfunc
+def madvise_free_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> None:
+    from ptesim.arch.arm64.contpte import CYDP_CLEAR_DIRTY, CYDP_CLEAR_YOUNG
+    from ptesim.kernel.memory import FPB_IGNORE_DIRTY, FPB_IGNORE_SOFT_DIRTY, folio_pte_batch
+
+    mm = vma.mm
+    kernel = mm.kernel
+    arch = kernel.arch
+    ptep = mm.pte_offset(addr)
+    assert ptep is not None
+    while addr < end:
+        nr = 1
+        ptent = arch.ptep_get(ptep)
+        hit = vm_normal_page(vma, addr, ptent) if arch.pte_present(ptent) else None
+        if hit is not None:
+            folio, page = hit
+            if folio.large:
+                max_nr = (end - addr) >> arch.page_shift
+                flags = FPB_IGNORE_DIRTY | FPB_IGNORE_SOFT_DIRTY
+                nr, _ = folio_pte_batch(arch, kernel.cfg, folio, addr, ptep, ptent, max_nr, flags)
+            whole = page == 0 and nr == folio.nr_pages
+            exclusive = all(m == 1 for m in folio.mapcount) and folio.entire_mapcount == 0
+            if whole and exclusive and (arch.pte_young(ptent) or arch.pte_dirty(ptent)):
+                arch.clear_young_dirty_ptes(vma, addr, ptep, nr, CYDP_CLEAR_YOUNG | CYDP_CLEAR_DIRTY)
+                tlb.tlb_remove_tlb_entries(addr, nr)
+        ptep, addr = ptep + nr, addr + (nr << arch.page_shift)
 
 
 @kfunc

@@ -162,11 +162,24 @@ class Arm64Pgtable(ContPteArch):
         RDONLY: hardware dirty).  Hardware sets AF (FEAT_HAFDBS)."""
         if not pte & PTE_VALID or not pte & PTE_USER:
             return None
+        if "no-hafdbs" in self.features:
+            # Without FEAT_HAFDBS an entry with AF clear takes an access-flag fault and a write to
+            # an RDONLY entry a permission fault, DBM or not: software sets young and dirty.
+            if not pte & PTE_AF or (write and pte & PTE_RDONLY):
+                return None
+            return pte
         if write and pte & PTE_RDONLY:
             if not pte & PTE_DBM:
                 return None
             pte &= ~PTE_RDONLY
         return pte | PTE_AF
+
+    def hw_keeps_permission_faults(self) -> bool:
+        """The Arm ARM lets a TLB cache a translation that generates a permission fault, which is
+        why __ptep_set_access_flags() invalidates when it makes an entry writable-dirty and
+        flush_tlb_fix_spurious_fault() can be a no-op.  Modelled with software AF/dirty, where
+        the kernel's own fault path makes entries writable."""
+        return "no-hafdbs" in self.features
 
     def hw_tlb_writable(self, pte: int) -> bool:
         return not pte & PTE_RDONLY
