@@ -34,7 +34,7 @@ class _Census:
             self.rss[mm.id] = rss
             for table in mm.pte_tables():
                 for idx, pte in enumerate(table.entries):
-                    if not arch.pte_present(pte) or arch.pte_special(pte):
+                    if not pte or not arch.pte_present(pte) or arch.pte_special(pte):
                         continue
                     addr = table.base + (idx << g.page_shift)
                     pfn = arch.pte_pfn(pte)
@@ -152,7 +152,7 @@ def validate_cont_blocks(kernel: Kernel) -> None:
             ents = table.entries
             for start in range(0, len(ents), n):
                 block = ents[start : start + n]
-                if not any(arch.pte_valid_cont(p) for p in block):
+                if not any(block) or not any(arch.pte_valid_cont(p) for p in block):
                     continue
                 base = arch.pte_pfn(block[0])
                 key0 = arch.pte_cont_key(block[0])
@@ -255,6 +255,10 @@ class Oracle:
     def __init__(self) -> None:
         self.private: dict[int, dict[int, int]] = {}
         self.shared: dict[tuple[int, int], int] = {}
+        #: private pages, by mm, that MADV_FREE made clean and nothing has written since
+        self.clean: dict[int, set[int]] = {}
+        #: pages, by mm, that UFFDIO_WRITEPROTECT protected (present at the time)
+        self.uffd_wp: dict[int, set[int]] = {}
 
     @staticmethod
     def _shared_key(task: Task, addr: int) -> tuple[int, int] | None:
@@ -269,7 +273,9 @@ class Oracle:
         if key is not None:
             self.shared[key] = value
         else:
-            self.private.setdefault(task.mm.id, {})[addr >> task.kernel.arch.page_shift] = value
+            vpn = addr >> task.kernel.arch.page_shift
+            self.private.setdefault(task.mm.id, {})[vpn] = value
+            self.clean.get(task.mm.id, set()).discard(vpn)
 
     def expect(self, task: Task, addr: int) -> int:
         key = self._shared_key(task, addr)
@@ -290,15 +296,50 @@ class Oracle:
             out[vpn] = v
         self.private[child.mm.id] = out
 
+        def copied(vpns: set[int]) -> set[int]:
+            keep = set()
+            for vpn in vpns:
+                vma = pm.find_vma(vpn << shift)
+                if vma is not None and not vma.flags & (VM_DONTCOPY | VM_WIPEONFORK):
+                    keep.add(vpn)
+            return keep
+
+        self.clean[child.mm.id] = copied(self.clean.get(pm.id, set()))
+        self.uffd_wp[child.mm.id] = copied(self.uffd_wp.get(pm.id, set()))
+
     def discard(self, task: Task, addr: int, length: int) -> None:
         """munmap / MADV_DONTNEED of private memory: the pages read zero afterwards."""
         shift = task.kernel.arch.page_shift
         d = self.private.get(task.mm.id, {})
+        clean = self.clean.get(task.mm.id, set())
+        wp = self.uffd_wp.get(task.mm.id, set())
         for vpn in range(addr >> shift, (addr + length) >> shift):
             d.pop(vpn, None)
+            clean.discard(vpn)
+            wp.discard(vpn)
+
+    def madv_free(self, task: Task, addr: int, length: int) -> None:
+        """MADV_FREE of private memory: the pages may be clean until written again.  (Reclaim is
+        not modelled, so they keep their data.)"""
+        shift = task.kernel.arch.page_shift
+        clean = self.clean.setdefault(task.mm.id, set())
+        for vpn in range(addr >> shift, (addr + length) >> shift):
+            vma = task.mm.find_vma(vpn << shift)
+            if vma is not None and vma.file is None:
+                clean.add(vpn)
+
+    def write_protect(self, task: Task, vpns: set[int], enable: bool) -> None:
+        """UFFDIO_WRITEPROTECT of ``vpns`` (the pages present in the range)."""
+        wp = self.uffd_wp.setdefault(task.mm.id, set())
+        if enable:
+            wp |= vpns
+        else:
+            wp -= vpns
 
     def exit(self, task: Task) -> None:
         self.private.pop(task.mm.id, None)
+        self.clean.pop(task.mm.id, None)
+        self.uffd_wp.pop(task.mm.id, None)
 
 
 def validate_isolation(oracle: Oracle, tasks: list[Task], addrs: list[int]) -> None:
@@ -312,4 +353,170 @@ def validate_isolation(oracle: Oracle, tasks: list[Task], addrs: list[int]) -> N
             if got != want:
                 raise InvariantViolation(
                     "isolation", f"{task!r} reads {got} at {addr:#x}, its history says {want}"
+                )
+
+
+def _read_pfn(kernel: Kernel, entry: object, addr: int) -> int | None:
+    """The PFN a walk of ``entry`` (what the PMD holds) finds for ``addr``, or None."""
+    from ptesim.kernel.pgtable import PteTable
+
+    arch = kernel.arch
+    g = arch.geometry
+    if isinstance(entry, int):
+        if not arch.pte_present(entry):
+            return None
+        return arch.pte_pfn(entry) + ((addr & (g.pmd_size - 1)) >> g.page_shift)
+    if isinstance(entry, PteTable):
+        pte = entry.entries[(addr >> g.page_shift) & (g.ptrs_per_pte - 1)]
+        return arch.pte_pfn(pte) if pte and arch.pte_present(pte) else None
+    return None
+
+
+def validate_views(oracle: Oracle, tasks: list[Task]) -> None:
+    """Data isolation without side effects: at every page of every VMA, each task would read what
+    its history says — through its CPU's TLB if that caches the page, else through the page
+    tables, else what a fault would map (zeroes for private memory, the page cache for shared).
+    :func:`validate_isolation` checks the same through real loads."""
+    for task in tasks:
+        kernel, mm = task.kernel, task.mm
+        shift = kernel.arch.page_shift
+        pmd_mask = kernel.arch.geometry.pmd_size - 1
+        tlb = kernel.hw.cpus[task.cpu].tlb
+        private = oracle.private.get(mm.id, {})
+        for vma in mm.vmas:
+            entry: object = None
+            entry_base = -1
+            for addr in range(vma.start, vma.end, 1 << shift):
+                vpn = addr >> shift
+                if vma.file is None:
+                    want = private.get(vpn, 0)
+                else:
+                    want = oracle.shared.get((vma.file.id, vma.linear_page_index(addr, shift)), 0)
+                hit = tlb.lookup(mm.asid, vpn)
+                if hit is not None:
+                    pfn: int | None = hit[1].pfn + (vpn - hit[0][1])
+                else:
+                    if addr & ~pmd_mask != entry_base:
+                        entry_base, entry = addr & ~pmd_mask, mm.pmd_entry(addr)
+                    pfn = _read_pfn(kernel, entry, addr)
+                if pfn is None:
+                    cached = (
+                        None if vma.file is None else vma.file.pages.get(vma.linear_page_index(addr, shift))
+                    )
+                    got = 0 if cached is None else cached.data[0]
+                else:
+                    folio = kernel.pages.pfn_to_folio(pfn)
+                    if folio is None:
+                        raise InvariantViolation(
+                            "tlb_coherence", f"{task!r} would read {addr:#x} from freed PFN {pfn:#x}"
+                        )
+                    got = folio.data[pfn - folio.pfn]
+                if got != want:
+                    raise InvariantViolation(
+                        "isolation", f"{task!r} would read {got} at {addr:#x}, its history says {want}"
+                    )
+
+
+def _present_leaves(kernel: Kernel, mm: MmStruct) -> list[tuple[int, int, int]]:
+    """(address, entry, entries per leaf) of every present PTE, and of every PMD leaf."""
+    arch = kernel.arch
+    shift = arch.page_shift
+    out = []
+    for table in mm.pte_tables():
+        for idx, pte in enumerate(table.entries):
+            if pte and arch.pte_present(pte):
+                out.append((table.base + (idx << shift), pte, 1))
+    for addr, pmd in mm.pmd_leaves():
+        out.append((addr, pmd, 1 << arch.geometry.pmd_order))
+    return out
+
+
+def _gathered_dirty(kernel: Kernel, mm: MmStruct, addr: int, pte: int) -> bool:
+    """pte_dirty() of what ptep_get() returns: a contiguous block gathers every entry's dirty."""
+    arch = kernel.arch
+    n = arch.cont_ptes
+    if n <= 1 or not arch.pte_valid_cont(pte):
+        return arch.pte_dirty(pte)
+    ptep = mm.pte_offset(addr)
+    assert ptep is not None
+    first = ptep.align_down(n)
+    return any(arch.pte_dirty((first + i).peek()) for i in range(n))
+
+
+def validate_anon_dirty(oracle: Oracle, tasks: list[Task]) -> None:
+    """A private anonymous page is dirty (as ptep_get() reports it) unless MADV_FREE cleaned it
+    and nothing wrote it since: reclaim discards a lazily freed page whose PTE is clean, so a
+    lost dirty bit there is lost data."""
+    for task in tasks:
+        kernel, mm = task.kernel, task.mm
+        arch = kernel.arch
+        clean = oracle.clean.get(mm.id, set())
+        for addr, pte, span in _present_leaves(kernel, mm):
+            if arch.pte_special(pte):
+                continue
+            vma = mm.find_vma(addr)
+            if vma is None or vma.file is not None:
+                continue
+            vpn = addr >> arch.page_shift
+            if any(vpn + i in clean for i in range(span)):
+                continue
+            if not _gathered_dirty(kernel, mm, addr, pte):
+                raise InvariantViolation("anon_dirty", f"mm{mm.id} {addr:#x}: written private page is clean")
+
+
+def validate_shared_dirty(kernel: Kernel, oracle: Oracle) -> None:
+    """A written page of shared memory is dirty in its folio or in a PTE that maps it: zap must move
+    the PTE's dirty bit to the folio (folio_mark_dirty) or writeback would lose the data."""
+    files = {v.file.id: v.file for m in kernel.mms for v in m.vmas if v.file is not None}
+    if not files:
+        return
+    arch = kernel.arch
+    dirty_pfns = set()
+    for m in kernel.mms:
+        for _addr, pte, _span in _present_leaves(kernel, m):
+            if arch.pte_dirty(pte):
+                dirty_pfns.add(arch.pte_pfn(pte))
+    for (fid, idx), value in oracle.shared.items():
+        f = files.get(fid)
+        if f is None:
+            continue
+        folio = f.pages.get(idx)
+        if folio is None:
+            if value:
+                raise InvariantViolation(
+                    "shared_dirty", f"page {idx} of shmem {fid} lost from the page cache"
+                )
+            continue
+        if not folio.dirty and folio.pfn not in dirty_pfns:
+            raise InvariantViolation("shared_dirty", f"written page {idx} of shmem {fid} is clean: {folio!r}")
+
+
+def validate_uffd_wp(oracle: Oracle, tasks: list[Task]) -> None:
+    """Every present PTE carries the uffd-wp bit exactly where UFFDIO_WRITEPROTECT put it (and a
+    child whose VMA stays registered inherits it)."""
+    for task in tasks:
+        kernel, mm = task.kernel, task.mm
+        arch = kernel.arch
+        wp = oracle.uffd_wp.get(mm.id, set())
+        for addr, pte, span in _present_leaves(kernel, mm):
+            vpn = addr >> arch.page_shift
+            want = [vpn + i in wp for i in range(span)]
+            if any(w != arch.pte_uffd_wp(pte) for w in want):
+                raise InvariantViolation(
+                    "uffd_wp", f"mm{mm.id} {addr:#x}: uffd-wp bit {arch.pte_uffd_wp(pte)}, expected {want[0]}"
+                )
+
+
+def validate_freeing(kernel: Kernel, folio: Folio) -> None:
+    """A folio may be freed only once no CPU can reach it through a live address space's TLB:
+    the mmu_gather flushes before it releases pages (tlb_flush_mmu: tlbonly, then the batch)."""
+    live = {m.asid: m for m in kernel.mms if not m.dead}
+    for cpu in kernel.hw.cpus:
+        for (asid, vpn, span), e in cpu.tlb.items():
+            m = live.get(asid)
+            if m is not None and e.pfn < folio.end_pfn and e.pfn + span > folio.pfn:
+                raise InvariantViolation(
+                    "free_with_tlb",
+                    f"{folio!r} freed while cpu{cpu.id} caches it for "
+                    f"{vpn << kernel.arch.page_shift:#x} of mm{m.id}",
                 )
