@@ -17,7 +17,12 @@ from ptesim import __version__
 from ptesim.errors import UsageError
 
 #: Modules that contribute subcommands, each with ``register(subparsers) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("ptesim.commands", "ptesim.host.commands", "ptesim.cost.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "ptesim.commands",
+    "ptesim.host.commands",
+    "ptesim.cost.commands",
+    "ptesim.fuzz.commands",
+)
 
 
 class _Parser(argparse.ArgumentParser):

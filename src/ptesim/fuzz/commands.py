@@ -1,0 +1,231 @@
+"""``ptesim fuzz`` (random programs, replay of a saved one) and ``ptesim mutants`` (the catalogue
+of broken variants, each hunted by the fuzzer)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ptesim.arch import ARCHES, CPU_FEATURES
+from ptesim.errors import UsageError
+from ptesim.fuzz.machine import FuzzResult, classify, fuzz
+from ptesim.fuzz.program import Program, Target
+from ptesim.kernel.config import PRESETS
+
+GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
+
+
+def _int(text: str, what: str, lo: int, hi: int) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: not an integer") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"bad {what} {n}: between {lo} and {hi}")
+    return n
+
+
+def target_from_args(a: argparse.Namespace) -> Target:
+    if a.arch not in ARCHES:
+        raise UsageError(f"unknown arch {a.arch!r}; known: {', '.join(ARCHES)}")
+    if a.preset not in PRESETS:
+        raise UsageError(f"unknown preset {a.preset!r}; known: {', '.join(PRESETS)}")
+    key = a.granule.upper().removesuffix("B").removesuffix("I")
+    if key not in GRANULES:
+        raise UsageError(f"bad granule {a.granule!r}: one of 4K, 16K, 64K")
+    if a.arch != "arm64" and key != "4K":
+        raise UsageError(f"{a.arch} has only a 4K granule, not {a.granule}")
+    features = None
+    if a.features is not None:
+        features = tuple(f.strip() for f in a.features.split(",") if f.strip())
+        unknown = sorted(set(features) - set(CPU_FEATURES[a.arch]))
+        if unknown:
+            raise UsageError(
+                f"unknown CPU feature {unknown[0]!r} for {a.arch}; known: {', '.join(CPU_FEATURES[a.arch])}"
+            )
+    if a.mutant is not None:
+        from ptesim.mutants import mutant
+
+        mutant(a.mutant)
+    return Target(a.arch, a.preset, GRANULES[key], features, a.mutant)
+
+
+def _violation_json(res: FuzzResult) -> list[dict[str, Any]]:
+    return [res.violation.to_json()] if res.violation else []
+
+
+def _print_violation(res: FuzzResult) -> None:
+    v = res.violation
+    assert v is not None
+    print(f"VIOLATION {v.check}: {v.detail}")
+    print(f"minimal program ({len(v.program.steps)} steps):")
+    print(v.program.text())
+    print("\nreplay with 'ptesim fuzz --replay FILE' (FILE from --save), or in Python:\n")
+    print(v.program.python())
+
+
+def cmd_fuzz(a: argparse.Namespace) -> int:
+    if a.replay is not None:
+        return _replay(a)
+    target = target_from_args(a)
+    examples = _int(a.examples, "--examples", 1, 1_000_000)
+    steps = _int(a.steps, "--steps", 1, 1000)
+    seed = None if a.seed is None else _int(a.seed, "--seed", 0, 2**32 - 1)
+    if a.diff is not None:
+        if a.diff not in PRESETS:
+            raise UsageError(f"unknown --diff preset {a.diff!r}; known: {', '.join(PRESETS)}")
+        if a.mutant is not None:
+            raise UsageError("--diff and --mutant contradict: a differential run compares two clean kernels")
+    res = fuzz(target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
+    if a.save and res.violation:
+        Path(a.save).write_text(res.violation.program.dumps() + "\n")
+    if a.json:
+        out = {
+            "target": target.label(),
+            "diff": a.diff,
+            "examples": res.examples,
+            "seconds": round(res.seconds, 3),
+            "violations": _violation_json(res),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        vs = f" against {a.diff}" if a.diff else ""
+        print(f"{res.examples} programs on {target.label()}{vs} in {res.seconds:.1f}s")
+        if res.violation:
+            _print_violation(res)
+        else:
+            print("no violation")
+    return 1 if res.violation else 0
+
+
+def _replay(a: argparse.Namespace) -> int:
+    path = Path(a.replay)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a JSON program ({exc})") from None
+    prog = Program.from_json(data)
+    t = prog.target
+    if t.arch not in ARCHES or t.preset not in PRESETS:
+        raise UsageError(f"{path}: unknown arch or preset ({t.arch}, {t.preset})")
+    if t.mutant is not None:
+        from ptesim.mutants import mutant
+
+        mutant(t.mutant)
+    try:
+        prog.replay()
+        check, detail = None, None
+    except UsageError:
+        raise
+    except Exception as exc:
+        check, detail = classify(exc)
+    if a.json:
+        v = [{"check": check, "detail": detail, "steps": len(prog.steps)}] if check else []
+        print(json.dumps({"examples": 1, "violations": v}, indent=2))
+    else:
+        print(
+            f"replayed {len(prog.steps)} steps on {t.label()}: "
+            + (f"{check}: {detail}" if check else "passes")
+        )
+    return 1 if check else 0
+
+
+def cmd_mutants(a: argparse.Namespace) -> int:
+    from ptesim.mutants import MUTANTS, mutant
+
+    budget = _int(a.budget, "--budget", 1, 100_000)
+    seed = _int(a.seed, "--seed", 0, 2**32 - 1)
+    names = list(MUTANTS) if not a.only else [mutant(n).name for n in a.only.split(",") if n.strip()]
+    if a.list:
+        for n in names:
+            m = MUTANTS[n]
+            print(f"{n:28s} {m.kind:10s} {m.target.label():30s} {m.description}")
+        return 0
+    rows: list[dict[str, Any]] = []
+    for n in names:
+        m = MUTANTS[n]
+        res = fuzz(m.hunt_target(), budget, seed=seed, shrink=not a.no_shrink)
+        v = res.violation
+        rows.append(
+            {
+                "name": n,
+                "description": m.description,
+                "kind": m.kind,
+                "target": m.target.label(),
+                "caught": v is not None,
+                "check": v.check if v else None,
+                "steps": len(v.program.steps) if v else None,
+                "programs": res.first_failure_example if v else res.examples,
+            }
+        )
+        if not a.json and not a.quiet:
+            print(f"  {n}: {'caught by ' + v.check if v else 'not caught'}", file=sys.stderr)
+    clean: dict[str, bool] = {}
+    for t in {MUTANTS[n].target for n in names}:
+        res = fuzz(t, budget, seed=seed, shrink=False)
+        clean[t.label()] = res.violation is None
+        if res.violation and not a.json:
+            print(f"clean model fails on {t.label()}:", file=sys.stderr)
+            _print_violation(res)
+    clean_passed = all(clean.values())
+    if a.json:
+        print(
+            json.dumps(
+                {"budget": budget, "clean_passed": clean_passed, "clean": clean, "mutants": rows}, indent=2
+            )
+        )
+    else:
+        from ptesim.report.tables import markdown_table
+
+        table = [
+            [
+                r["name"],
+                "yes" if r["caught"] else "no",
+                r["check"] or "-",
+                str(r["steps"]) if r["steps"] is not None else "-",
+                str(r["programs"]),
+                r["target"],
+            ]
+            for r in rows
+        ]
+        print(markdown_table(["mutant", "caught", "by check", "steps", "programs", "hunted on"], table))
+        state = "passes" if clean_passed else "FAILS"
+        print(f"\nclean model {state} the same budget ({budget} programs) on: {', '.join(sorted(clean))}")
+    return 0 if clean_passed and all(r["caught"] for r in rows) else 1
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("fuzz", help="random programs on the model, every invariant checked after each step")
+    p.add_argument("--arch", default="arm64", help=f"one of {', '.join(ARCHES)} (default arm64)")
+    p.add_argument("--preset", default="v6.9", help="kernel preset (see 'ptesim presets')")
+    p.add_argument("--granule", default="4K", help="arm64 translation granule: 4K, 16K or 64K")
+    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the preset's)")
+    p.add_argument("--examples", default="200", help="programs to run (default 200)")
+    p.add_argument("--steps", default="25", help="most steps per program (default 25)")
+    p.add_argument("--seed", default="0", help="random seed (default 0)")
+    p.add_argument(
+        "--mutant", default=None, help="run against a broken variant (see 'ptesim mutants --list')"
+    )
+    p.add_argument("--diff", default=None, metavar="PRESET", help="run PRESET in lockstep and compare")
+    p.add_argument("--no-shrink", action="store_true", help="report the first failing program unshrunk")
+    p.add_argument("--save", metavar="FILE", help="write the minimal failing program (JSON) to FILE")
+    p.add_argument("--replay", metavar="FILE", help="replay a saved program instead of fuzzing")
+    p.add_argument("--json", action="store_true", help='print {"examples", "violations": [...]}')
+    p.set_defaults(handler=cmd_fuzz)
+
+    p = sub.add_parser("mutants", help="hunt every deliberately broken variant with the fuzzer")
+    p.add_argument(
+        "--budget", default="300", help="programs per mutant, and for the clean model (default 300)"
+    )
+    p.add_argument("--seed", default="0", help="random seed (default 0)")
+    p.add_argument("--only", default=None, help="comma-separated mutant names")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    p.add_argument("--no-shrink", action="store_true", help="count steps of the first failing program")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="print the documented JSON object")
+    p.set_defaults(handler=cmd_mutants)
