@@ -47,7 +47,9 @@ class Step:
 
     @staticmethod
     def make(op: str, task: int = 0, **kw: Value) -> Step:
-        return Step(op, task, tuple(kw.items()))
+        """A step with its arguments in the canonical order of :data:`OPS`."""
+        order = {name: i for i, name in enumerate(OPS.get(op, ()))}
+        return Step(op, task, tuple(sorted(kw.items(), key=lambda kv: order.get(kv[0], len(order)))))
 
     def get(self, name: str) -> Any:
         for k, v in self.args:

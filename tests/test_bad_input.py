@@ -1,0 +1,148 @@
+"""Bad input everywhere: every command, given a bad size, preset, profile, CPU list, flag
+combination or a request beyond this machine, exits with status 2 and one line on stderr that
+names the problem, and never a traceback."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ptesim.cli import main
+
+GOOD_PROFILE = (Path(__file__).parents[1] / "src/ptesim/cost/profiles/altra.toml").read_text()
+assert re.search(r"(?m)^pte_write = ", GOOD_PROFILE) and re.search(r"(?m)^pte_read = ", GOOD_PROFILE)
+
+PROFILES = {
+    "malformed.toml": "[profile\nname = 'x'\n",
+    "unknown-key.toml": GOOD_PROFILE + "\n[bogus_section]\nfoo = 1\n",
+    "unknown-param.toml": re.sub(r"(?m)^\[local_ns\]$", "[local_ns]\nwarp_ns = 1.0", GOOD_PROFILE, count=1),
+    "wrong-type.toml": re.sub(r"(?m)^pte_read = .*$", 'pte_read = "fast"', GOOD_PROFILE, count=1),
+    "negative.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = -0.7", GOOD_PROFILE, count=1),
+    "empty.toml": "",
+    "binary.toml": "\x00\x01\x02",
+}
+
+#: (argv, a word the error line must contain)
+CORPUS: list[tuple[list[str], str]] = [
+    # top level
+    ([], "COMMAND"),
+    (["frobnicate"], "frobnicate"),
+    # presets / explain / trace
+    (["presets", "--bogus"], "--bogus"),
+    (["explain", "--preset", "v9.99"], "v9.99"),
+    (["explain", "--arch", "sparc"], "sparc"),
+    (["explain", "--mem=-1M"], "-1M"),
+    (["explain", "--mem", "lots"], "lots"),
+    (["explain", "--folio", "48K"], "48K"),
+    (["explain", "--folio", "4M", "--mem", "1M"], "4M"),
+    (["explain", "--granule", "8K", "--arch", "arm64"], "8K"),
+    (["explain", "--granule", "16K", "--arch", "x86"], "x86"),
+    (["explain", "--cpu-features", "warp-drive"], "warp-drive"),
+    (["explain", "--set", "no_such_flag=1"], "no_such_flag"),
+    (["explain", "--set", "contpte=maybe"], "maybe"),
+    (["explain", "--set", "contpte"], "contpte"),
+    (["explain", "--ncpus", "0"], "ncpus"),
+    (["explain", "--ncpus", "two"], "two"),
+    (["explain", "--scenario", "teleport"], "teleport"),
+    (["trace", "--mem", "0"], "0"),
+    (["trace", "--preset", ""], "preset"),
+    # fuzz / mutants
+    (["fuzz", "--arch", "mips"], "mips"),
+    (["fuzz", "--preset", "v0.1"], "v0.1"),
+    (["fuzz", "--examples", "0"], "--examples"),
+    (["fuzz", "--examples", "many"], "many"),
+    (["fuzz", "--steps=-3"], "--steps"),
+    (["fuzz", "--seed=-1"], "--seed"),
+    (["fuzz", "--granule", "64K", "--arch", "riscv"], "riscv"),
+    (["fuzz", "--granule", "3K"], "3K"),
+    (["fuzz", "--features", "tlbi-range", "--arch", "x86"], "tlbi-range"),
+    (["fuzz", "--mutant", "no-such-bug"], "no-such-bug"),
+    (["fuzz", "--diff", "v6.8", "--mutant", "fold-drops-dirty"], "contradict"),
+    (["fuzz", "--diff", "v99"], "v99"),
+    (["fuzz", "--replay", "/nonexistent/prog.json"], "prog.json"),
+    (["fuzz", "--replay", "{not_json}"], "JSON"),
+    (["fuzz", "--replay", "{bad_step}"], "step"),
+    (["mutants", "--budget", "0"], "--budget"),
+    (["mutants", "--budget", "x"], "x"),
+    (["mutants", "--only", "typo-bug"], "typo-bug"),
+    # cost model
+    (["reproduce", "table9"], "table9"),
+    (["reproduce", "seed", "--profile", "no-such-profile"], "no-such-profile"),
+    (["reproduce", "seed", "--profile", "{malformed.toml}"], "TOML"),
+    (["reproduce", "seed", "--profile", "{unknown-key.toml}"], "bogus_section"),
+    (["reproduce", "seed", "--profile", "{unknown-param.toml}"], "warp_ns"),
+    (["reproduce", "seed", "--profile", "{wrong-type.toml}"], "pte_read"),
+    (["reproduce", "seed", "--profile", "{negative.toml}"], "pte_write"),
+    (["reproduce", "seed", "--profile", "{empty.toml}"], "profile"),
+    (["reproduce", "seed", "--profile", "{binary.toml}"], "binary.toml"),
+    (["reproduce", "seed", "--profile", "/nonexistent/p.toml"], "p.toml"),
+    (["wis"], "--preset"),
+    (["wis", "--preset", "nope"], "nope"),
+    (["wis", "--preset", "v6.9", "--cpus", "0"], "0"),
+    (["wis", "--preset", "v6.9", "--cpus", "4-2"], "4-2"),
+    (["wis", "--preset", "v6.9", "--cpus", "a,b"], "a,b"),
+    (["wis", "--preset", "v6.9", "--mem=-5G"], "-5G"),
+    (["wis", "--preset", "v6.9", "--folio", "3K"], "3K"),
+    (["wis", "--preset", "v6.9", "--arch", "vax"], "vax"),
+    (["wis", "--preset", "v6.9", "--features", "hyperdrive"], "hyperdrive"),
+    (["latency", "teleport"], "teleport"),
+    (["latency", "fork", "--mem", "1Q"], "1Q"),
+    (["latency", "fork", "--profile", "{negative.toml}"], "pte_write"),
+    (["calibrate", "--table", "/nonexistent/t.csv"], "t.csv"),
+    (["calibrate", "--fit", "no_such_param"], "no_such_param"),
+    (["calibrate", "--holdout", "x"], "x"),
+    (["whatif", "--cpus", ""], "cpu list"),
+    (["whatif", "--folio", "0"], "0"),
+    # host mode: validated before touching the machine
+    (["host"], "SUBCOMMAND"),
+    (["host", "fork", "--sizes", "3K"], "3K"),
+    (["host", "fork", "--sizes", "64K", "--mem=-1G"], "-1G"),
+    (["host", "fork", "--reps", "0"], "reps"),
+    (["host", "fork", "--json", "--csv"], "--csv"),
+    (["host", "fork", "--cpu", "100000"], "100000"),
+    (["host", "munmap", "--threshold", "150"], "threshold"),
+    (["host", "cow", "--mode", "sometimes"], "sometimes"),
+    (["host", "dontneed", "--tlb-reasons", "made_up_reason"], "made_up_reason"),
+    (["host", "wis", "--cpus", "0-100000"], "100000"),
+    (["host", "wis", "--duration=-1"], "duration"),
+    (["host", "wis", "--size", "1T"], "1T"),
+]
+
+
+def _expand(argv: list[str], tmp: Path) -> list[str]:
+    files = dict(PROFILES)
+    files["not_json"] = "this is not json"
+    files["bad_step"] = '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "teleport"}]}'
+    out = []
+    for a in argv:
+        if a.startswith("{") and a.endswith("}") and a[1:-1] in files:
+            p = tmp / a[1:-1]
+            p.write_text(files[a[1:-1]])
+            a = str(p)
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("argv,word", CORPUS, ids=[" ".join(a) or "<none>" for a, _ in CORPUS])
+def test_bad_invocation_is_one_line_exit_2(
+    argv: list[str],
+    word: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exit status 2, exactly one stderr line naming the problem, no traceback."""
+    monkeypatch.setenv("PTESIM_STATE_DIR", str(tmp_path))  # host mode never writes outside tmp
+    try:
+        rc = main(_expand(argv, tmp_path))
+    except SystemExit as exc:  # argparse --help/--version only; a usage error must not exit here
+        rc = exc.code if isinstance(exc.code, int) else 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("ptesim: error: ")
+    assert word.lower() in lines[0].lower(), lines[0]
