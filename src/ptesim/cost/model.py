@@ -9,8 +9,10 @@ and puts N workers through the closed queueing network of :mod:`ptesim.cost.cont
 * **atomics** — folio refcount, ``_mapcount``, ``_large_mapcount`` and ``PageAnonExclusive`` atomics
   (``include/linux/rmap.h : __folio_try_dup_anon_rmap``, ``folio_remove_rmap_ptes``).
 * **tlbi** — the issuing CPU's cost of TLBIs, barriers, IPIs and SBI calls plus the service they receive
-  at the shared resource when it is free (``arch/arm64/include/asm/tlbflush.h : __flush_tlb_range``).
-* **queueing** — waiting behind other CPUs' broadcast invalidations at the shared resource.
+  at the shared resource when it is free and no other CPU is busy (``arch/arm64/include/asm/tlbflush.h :
+  __flush_tlb_range``).
+* **queueing** — what contention for the shared resource adds: the stretch of each completion wait by
+  the other busy CPUs, and the wait behind their visits (:mod:`ptesim.cost.contention`).
 * **other** — process fork/exit fixed costs, page-table and folio allocation, page copies, faults.
 """
 
@@ -19,8 +21,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
-from ptesim.cost.contention import ClosedNetwork, MvaResult, mva
+from ptesim.cost.contention import ClosedNetwork, Solution, solve
 from ptesim.cost.profile import SHARED_PRIMITIVES, SYNC_PRIMITIVES, Profile
 from ptesim.errors import UsageError
 from ptesim.events import PRIMITIVES
@@ -76,7 +79,7 @@ def local_by_category(work: Work, profile: Profile) -> dict[str, float]:
 
 
 def shared_demand(work: Work, profile: Profile) -> tuple[float, float]:
-    """(service demand ns, visits) per iteration at the shared invalidation resource."""
+    """(lone service demand ns, visits) per iteration at the shared invalidation resource."""
     svc = profile.shared.service_ns
     demand = sum(work.counts.get(p, 0) * svc[p] for p in SHARED_PRIMITIVES)
     visits = float(sum(work.counts.get(p, 0) for p in SYNC_PRIMITIVES))
@@ -88,13 +91,19 @@ def shared_demand(work: Work, profile: Profile) -> tuple[float, float]:
 def network(work: Work, profile: Profile) -> ClosedNetwork:
     local = sum(local_by_category(work, profile).values())
     demand, visits = shared_demand(work, profile)
+    sh = profile.shared
     return ClosedNetwork(
         think_ns=local,
         demand_ns=demand,
         visits=visits,
-        scv=profile.shared.scv,
-        sync_per_active_cpu_ns=profile.shared.sync_per_active_cpu_ns if visits else 0.0,
+        scv=sh.scv,
+        sync_per_active_cpu_ns=sh.sync_per_active_cpu_ns if visits else 0.0,
+        active_cpu_cap=sh.active_cpu_cap,
     )
+
+
+#: Solutions are pure functions of (network, CPUs); calibration asks for the same ones repeatedly.
+_solve = lru_cache(maxsize=8192)(solve)
 
 
 @dataclass(frozen=True)
@@ -104,27 +113,38 @@ class IterationTime:
     cpus: int
     by_category: dict[str, float]  # ns per iteration; sums to cycle_ns
     cycle_ns: float
-    mva: MvaResult
+    solution: Solution
 
     @property
     def iterations_per_s(self) -> float:
         """Summed over all workers, as will-it-scale reports it."""
-        return self.mva.iterations_per_s
+        return self.solution.iterations_per_s
 
     @property
     def per_worker_iterations_per_s(self) -> float:
         return 1e9 / self.cycle_ns
 
+    @property
+    def stretch_ns(self) -> float:
+        return self.solution.stretch_ns
+
+    @property
+    def waiting_ns(self) -> float:
+        return self.solution.waiting_ns
+
 
 def iteration_time(work: Work, profile: Profile, cpus: int) -> IterationTime:
-    """Price one iteration and put ``cpus`` identical workers through the contention model."""
+    """Price one iteration and put ``cpus`` identical workers through the contention model.
+
+    ``tlbi`` receives the lone service of the shared resource (what one CPU alone would wait for);
+    ``queueing`` receives what contention adds: the sync stretch caused by the other busy CPUs and
+    the wait behind their visits."""
     local = local_by_category(work, profile)
-    net = network(work, profile)
-    res = mva(net, cpus)
+    sol = _solve(network(work, profile), cpus)
     by_cat = dict(local)
-    by_cat["tlbi"] += res.service_ns
-    by_cat["queueing"] = res.response_ns - res.service_ns
-    return IterationTime(cpus=cpus, by_category=by_cat, cycle_ns=res.cycle_ns, mva=res)
+    by_cat["tlbi"] += sol.lone_service_ns
+    by_cat["queueing"] = sol.response_ns - sol.lone_service_ns
+    return IterationTime(cpus=cpus, by_category=by_cat, cycle_ns=sol.cycle_ns, solution=sol)
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,11 @@ class Change:
     contributions_pp: dict[str, float]  # sums to change_pct
     variant: IterationTime
     baseline: IterationTime
+
+    @property
+    def stretch_pp(self) -> float:
+        """The part of ``contributions_pp['queueing']`` due to the sync stretch (the rest is waiting)."""
+        return -100.0 * (self.variant.stretch_ns - self.baseline.stretch_ns) / self.variant.cycle_ns
 
 
 def change(variant: Work, baseline: Work, profile: Profile, cpus: int) -> Change:

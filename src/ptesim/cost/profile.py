@@ -8,7 +8,8 @@ as a path.
 
 Layout of a profile file::
 
-    [profile]       name, arch ("arm64" | "x86" | "riscv"), description, cpu_features (list of strings)
+    [profile]       name, arch ("arm64" | "x86" | "riscv"), description, cpu_features (list of strings),
+                    optionally preset (the kernel preset of the machine, used by latency predictions)
     [local_ns]      CPU-local nanoseconds per fine primitive of :data:`ptesim.events.PRIMITIVES`
                     (every primitive must be priced; the issue cost of a TLBI, the local part of a DSB)
     [process_ns]    fork, exit: fixed per-process costs (task/mm/VMA duplication, scheduling, waitpid)
@@ -16,7 +17,9 @@ Layout of a profile file::
                     resource ("dvm" | "ipi" | "sbi"), occupancy in ns per broadcast primitive
                     (service_ns table), scv (squared coefficient of variation of one visit's service
                     time), sync_per_active_cpu_ns (extra occupancy of each completion wait per other
-                    active CPU: a DSB ISH / IPI wait completes only when every active CPU answered)
+                    CPU running a worker: a DSB ISH / IPI wait completes only when every CPU has
+                    answered, and busy CPUs answer later than idle ones), active_cpu_cap (the number
+                    of other busy CPUs beyond which the stretch stops growing)
     [provenance]    "section.key" = "calibrated: ..." | "assumed: ..." for every number above
 
 The ``[provenance]`` table is required for every numeric value so that reports can say which numbers
@@ -33,6 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ptesim.cost.contention import MAX_SCV
 from ptesim.errors import UsageError
 from ptesim.events import PRIMITIVES
 
@@ -54,8 +58,9 @@ SYNC_PRIMITIVES = ("dsb_ish", "ipi", "sbi_rfence")
 
 _SECTIONS = ("profile", "local_ns", "process_ns", "shared", "provenance")
 _PROFILE_KEYS = {"name": str, "arch": str, "description": str, "cpu_features": list}
+_PROFILE_OPTIONAL = {"preset": str}
 _PROCESS_KEYS = ("fork", "exit")
-_SHARED_SCALARS = ("scv", "sync_per_active_cpu_ns")
+_SHARED_SCALARS = ("scv", "sync_per_active_cpu_ns", "active_cpu_cap")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class SharedResource:
     service_ns: dict[str, float]
     scv: float
     sync_per_active_cpu_ns: float
+    active_cpu_cap: float
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class Profile:
     shared: SharedResource
     provenance: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    preset: str = ""
 
     # -- parameters by dotted name, for calibration and `whatif` labels ------------------------
     def parameters(self) -> dict[str, float]:
@@ -94,6 +101,7 @@ class Profile:
             out[f"shared.service_ns.{k}"] = v
         out["shared.scv"] = self.shared.scv
         out["shared.sync_per_active_cpu_ns"] = self.shared.sync_per_active_cpu_ns
+        out["shared.active_cpu_cap"] = self.shared.active_cpu_cap
         return out
 
     def get(self, name: str) -> float:
@@ -109,6 +117,7 @@ class Profile:
         service = dict(self.shared.service_ns)
         scv = self.shared.scv
         sync = self.shared.sync_per_active_cpu_ns
+        cap = self.shared.active_cpu_cap
         for name, value in values.items():
             key = resolve_parameter(name, params)
             v = float(value)
@@ -123,6 +132,8 @@ class Profile:
                 service[rest.removeprefix("service_ns.")] = v
             elif rest == "scv":
                 scv = v
+            elif rest == "active_cpu_cap":
+                cap = v
             else:
                 sync = v
         return Profile(
@@ -132,9 +143,10 @@ class Profile:
             cpu_features=self.cpu_features,
             local_ns=local,
             process_ns=process,
-            shared=SharedResource(self.shared.resource, service, scv, sync),
+            shared=SharedResource(self.shared.resource, service, scv, sync, cap),
             provenance=dict(self.provenance),
             source=self.source,
+            preset=self.preset,
         )
 
     def is_calibrated(self, name: str) -> bool:
@@ -151,6 +163,8 @@ ALIASES = {
     "scv": "shared.scv",
     "dvm_scv": "shared.scv",
     "sync_per_active_cpu_ns": "shared.sync_per_active_cpu_ns",
+    "active_cpu_cap": "shared.active_cpu_cap",
+    "k": "shared.active_cpu_cap",
     "fork_ns": "process_ns.fork",
     "exit_ns": "process_ns.exit",
 }
@@ -202,7 +216,7 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
             raise UsageError(f"{where}: missing section [{sec}]")
     prof = _table(f"{where} [profile]", data["profile"])
     for k in prof:
-        if k not in _PROFILE_KEYS:
+        if k not in _PROFILE_KEYS and k not in _PROFILE_OPTIONAL:
             raise UsageError(f"{where}: unknown key profile.{k}")
     for k, typ in _PROFILE_KEYS.items():
         if k not in prof:
@@ -211,9 +225,22 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
             raise UsageError(f"{where}: profile.{k} must be a {typ.__name__}")
     if prof["arch"] not in ARCHES:
         raise UsageError(f"{where}: profile.arch must be one of {', '.join(ARCHES)} (got {prof['arch']!r})")
+    preset_name = prof.get("preset", "")
+    if not isinstance(preset_name, str):
+        raise UsageError(f"{where}: profile.preset must be a str")
+    if preset_name:
+        from ptesim.kernel.config import PRESETS
+
+        if preset_name not in PRESETS:
+            raise UsageError(f"{where}: profile.preset {preset_name!r} is not a known preset")
     feats = prof["cpu_features"]
     if not all(isinstance(f, str) for f in feats):
         raise UsageError(f"{where}: profile.cpu_features must be a list of strings")
+    from ptesim.arch import CPU_FEATURES
+
+    unknown = sorted(set(feats) - set(CPU_FEATURES[prof["arch"]]))
+    if unknown:
+        raise UsageError(f"{where}: unknown CPU feature {unknown[0]!r} for {prof['arch']}")
 
     local_t = _table(f"{where} [local_ns]", data["local_ns"])
     for k in local_t:
@@ -260,7 +287,10 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
         service_ns=service,
         scv=_num(f"{where}: shared.scv", sh["scv"]),
         sync_per_active_cpu_ns=_num(f"{where}: shared.sync_per_active_cpu_ns", sh["sync_per_active_cpu_ns"]),
+        active_cpu_cap=_num(f"{where}: shared.active_cpu_cap", sh["active_cpu_cap"]),
     )
+    if shared.scv > MAX_SCV:
+        raise UsageError(f"{where}: shared.scv must be at most {MAX_SCV:g} (got {shared.scv:g})")
 
     prov_t = _table(f"{where} [provenance]", data["provenance"])
     profile = Profile(
@@ -273,6 +303,7 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
         shared=shared,
         provenance={},
         source=source,
+        preset=preset_name,
     )
     params = profile.parameters()
     provenance: dict[str, str] = {}
@@ -321,13 +352,16 @@ def load_profile(name_or_path: str) -> Profile:
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
     """The TOML-document form of a profile (round-trips through :func:`profile_from_dict`)."""
+    head: dict[str, Any] = {
+        "name": profile.name,
+        "arch": profile.arch,
+        "description": profile.description,
+        "cpu_features": sorted(profile.cpu_features),
+    }
+    if profile.preset:
+        head["preset"] = profile.preset
     return {
-        "profile": {
-            "name": profile.name,
-            "arch": profile.arch,
-            "description": profile.description,
-            "cpu_features": sorted(profile.cpu_features),
-        },
+        "profile": head,
         "local_ns": dict(profile.local_ns),
         "process_ns": dict(profile.process_ns),
         "shared": {
@@ -335,6 +369,7 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
             "service_ns": dict(profile.shared.service_ns),
             "scv": profile.shared.scv,
             "sync_per_active_cpu_ns": profile.shared.sync_per_active_cpu_ns,
+            "active_cpu_cap": profile.shared.active_cpu_cap,
         },
         "provenance": copy.deepcopy(profile.provenance),
     }
