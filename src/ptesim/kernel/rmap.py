@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ptesim.errors import InvariantViolation
 from ptesim.events import emit, kfunc
 from ptesim.kernel.folio import Folio
 
@@ -15,6 +16,15 @@ if TYPE_CHECKING:
     from ptesim.kernel.mm import MmStruct, Vma
 
 EBUSY = -16
+
+
+def __folio_rmap_sanity_checks(folio: Folio, page: int, nr: int) -> None:
+    """include/linux/rmap.h (v6.9): the pages of one rmap batch must all belong to ``folio``
+    (``VM_WARN_ON_FOLIO(page_folio(page + nr_pages - 1) != folio)``)."""
+    if nr <= 0 or page < 0 or page + nr > folio.nr_pages:
+        raise InvariantViolation(
+            "rmap_sanity", f"rmap batch of {nr} pages from page {page} runs past the end of {folio!r}"
+        )
 
 
 def folio_needs_cow_for_dma(vma: Vma, folio: Folio) -> bool:
@@ -30,6 +40,7 @@ def folio_try_dup_anon_rmap_ptes(folio: Folio, page: int, nr: int, src_vma: Vma,
     nothing) if the folio may be pinned and any of the pages is still exclusive: those must be
     copied for the child instead.
     """
+    __folio_rmap_sanity_checks(folio, page, nr)
     cfg = dst_mm.kernel.cfg
     if folio_needs_cow_for_dma(src_vma, folio) and any(folio.anon_exclusive[page : page + nr]):
         return EBUSY
@@ -67,6 +78,7 @@ def folio_try_dup_anon_rmap_pmd(folio: Folio, src_vma: Vma, dst_mm: MmStruct) ->
 
 @kfunc
 def folio_dup_file_rmap_ptes(folio: Folio, page: int, nr: int, dst_mm: MmStruct) -> None:
+    __folio_rmap_sanity_checks(folio, page, nr)
     for i in range(page, page + nr):
         emit("mapcount", mm=dst_mm)
         folio.mapcount[i] += 1
@@ -97,6 +109,7 @@ def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool 
 
 @kfunc
 def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
+    __folio_rmap_sanity_checks(folio, page, nr)
     for i in range(page, page + nr):
         emit("mapcount", mm=vma.mm)
         folio.mapcount[i] += 1
@@ -108,6 +121,7 @@ def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None
 @kfunc
 def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
     """Drop ``nr`` PTE mappings; an anon page that is no longer mapped loses AnonExclusive."""
+    __folio_rmap_sanity_checks(folio, page, nr)
     mm = vma.mm
     for i in range(page, page + nr):
         emit("mapcount", mm=mm)
