@@ -1,33 +1,60 @@
-"""Profiles load, validate and round-trip; every bad value is a one-line UsageError."""
+"""Profiles load, validate and round-trip; every bad value is a one-line UsageError; every value says
+whether it was calibrated or assumed."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ptesim.cost.profile import dump_profile, load_profile, profile_from_dict, profile_to_dict, shipped_profiles
+from ptesim.cost.profile import (
+    dump_profile,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
+    shipped_profiles,
+)
+from ptesim.cost.seed import SEED_FIT
 from ptesim.errors import UsageError
 
 
-def test_shipped_profiles_load_with_provenance() -> None:
+def test_the_four_profiles_ship_with_provenance_for_every_value() -> None:
+    """altra, x86-host, riscv-generic and arm64-tlbirange load; each value is 'calibrated: ...' or
+    'assumed: ...' with a reason."""
     names = shipped_profiles()
-    assert "altra" in names
+    assert {"altra", "x86-host", "riscv-generic", "arm64-tlbirange"} <= set(names)
     for name in names:
         p = load_profile(name)
         assert set(p.provenance) == set(p.parameters())
+        for k, v in p.provenance.items():
+            assert v.startswith(("calibrated: ", "assumed: ")), (name, k)
+            assert len(v) > len("assumed: ") + 5, (name, k)
 
 
-def test_round_trip(tmp_path: Path) -> None:
+def test_altra_seed_values_are_calibrated_and_the_cap_assumed() -> None:
+    """The four seed parameters of altra are calibrated on the seed table; the cap k is assumed."""
     p = load_profile("altra")
+    for k in SEED_FIT:
+        assert p.provenance[k].startswith("calibrated: seed table"), k
+    assert p.provenance["shared.active_cpu_cap"].startswith("assumed:")
+    assert not load_profile("riscv-generic").is_calibrated("local_ns.pte_read")
+    assert not load_profile("arm64-tlbirange").is_calibrated("shared.scv")  # carried over, so assumed
+
+
+@pytest.mark.parametrize("name", ["altra", "x86-host", "riscv-generic", "arm64-tlbirange"])
+def test_round_trip(tmp_path: Path, name: str) -> None:
+    """dump_profile writes TOML that loads back to the same values, preset and provenance."""
+    p = load_profile(name)
     path = tmp_path / "x.toml"
     path.write_text(dump_profile(p))
     q = load_profile(str(path))
     assert q.parameters() == pytest.approx(p.parameters())
+    assert q.provenance == p.provenance
+    assert (q.preset, q.cpu_features, q.arch) == (p.preset, p.cpu_features, p.arch)
 
 
-def _doc() -> dict[str, object]:
+def _doc() -> dict[str, Any]:
     return profile_to_dict(load_profile("altra"))
 
 
@@ -37,16 +64,29 @@ def _doc() -> dict[str, object]:
         (lambda d: d["local_ns"].__setitem__("pte_raed", 1.0), "unknown key local_ns.pte_raed"),
         (lambda d: d["local_ns"].__setitem__("pte_read", -1.0), "negative"),
         (lambda d: d["local_ns"].__setitem__("pte_read", "fast"), "expected a number"),
+        (lambda d: d["local_ns"].__setitem__("pte_read", True), "expected a number"),
+        (lambda d: d["local_ns"].__setitem__("pte_read", float("inf")), "finite"),
         (lambda d: d["local_ns"].pop("pte_read"), "missing local_ns.pte_read"),
+        (lambda d: d["process_ns"].pop("fork"), "missing process_ns.fork"),
         (lambda d: d["shared"].__setitem__("resource", "bus"), "shared.resource"),
+        (lambda d: d["shared"].pop("active_cpu_cap"), "missing shared.active_cpu_cap"),
+        (lambda d: d["shared"].__setitem__("scv", 500.0), "shared.scv"),
+        (lambda d: d["shared"]["service_ns"].__setitem__("tlbi_warp", 1.0), "tlbi_warp"),
         (lambda d: d.__setitem__("extra", {}), "unknown section"),
+        (lambda d: d.pop("shared"), "missing section [shared]"),
         (lambda d: d["provenance"].pop("local_ns.pte_read"), "missing provenance"),
+        (lambda d: d["provenance"].__setitem__("local_ns.pte_read", "guessed"), "calibrated"),
+        (lambda d: d["provenance"].__setitem__("local_ns.nope", "assumed: x"), "nope"),
         (lambda d: d["profile"].__setitem__("arch", "sparc"), "profile.arch"),
+        (lambda d: d["profile"].__setitem__("preset", "v9.9"), "v9.9"),
+        (lambda d: d["profile"].__setitem__("cpu_features", ["warp"]), "warp"),
+        (lambda d: d["profile"].__setitem__("colour", "red"), "profile.colour"),
     ],
 )
-def test_validation(mutate: object, needle: str) -> None:
+def test_validation(mutate: Any, needle: str) -> None:
+    """Each bad document is refused with one line naming the problem."""
     d = _doc()
-    mutate(d)  # type: ignore[operator]
+    mutate(d)
     with pytest.raises(UsageError) as exc:
         profile_from_dict(d)
     assert needle in str(exc.value)
@@ -54,10 +94,25 @@ def test_validation(mutate: object, needle: str) -> None:
 
 
 def test_bad_toml_and_unknown_name(tmp_path: Path) -> None:
+    """A file that is not TOML and an unknown profile name are one-line errors."""
     bad = tmp_path / "bad.toml"
     bad.write_text("[profile\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_profile(str(bad))
     with pytest.raises(UsageError, match="unknown profile"):
         load_profile("no-such-machine")
-    assert tomllib  # tomllib is the loader
+    with pytest.raises(UsageError, match="cannot read profile"):
+        load_profile(str(tmp_path / "missing.toml"))
+
+
+def test_with_values_and_aliases() -> None:
+    """Short names resolve to dotted ones; a negative value is refused."""
+    p = load_profile("altra")
+    q = p.with_values({"pte_read_ns": 0.5, "dvm_service_ns": 3.0, "scv": 2.0, "k": 8})
+    assert q.local_ns["pte_read"] == 0.5
+    assert q.shared.service_ns["tlbi_page_bcast"] == 3.0
+    assert (q.shared.scv, q.shared.active_cpu_cap) == (2.0, 8)
+    with pytest.raises(UsageError, match="negative"):
+        p.with_values({"pte_read_ns": -1})
+    with pytest.raises(UsageError, match="unknown profile parameter"):
+        p.get("warp_ns")

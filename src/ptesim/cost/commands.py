@@ -6,24 +6,107 @@ import argparse
 import csv
 import io
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
-from ptesim.cost.calibrate import Cell, fit
-from ptesim.cost.model import CATEGORIES
-from ptesim.cost.profile import Profile, dump_profile, load_profile
+from ptesim.cost.calibrate import Cell, FitResult, fit
+from ptesim.cost.model import CATEGORIES, Change, IterationTime
+from ptesim.cost.profile import Profile, dump_profile, load_profile, resolve_parameter
 from ptesim.errors import UsageError
 from ptesim.report.tables import markdown_table
 from ptesim.units import format_size, parse_cpu_list, parse_size
 
+GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
+
+#: Column titles of the decomposition (percentage points of the change).
+CATEGORY_TITLES = {
+    "pte": "PTE access",
+    "atomics": "atomics",
+    "tlbi": "TLBI/DSB",
+    "queueing": "queueing",
+    "other": "other",
+}
+
+
+# -- argument helpers ------------------------------------------------------------------------------
+
+
+def _profile(name: str, arch: str | None = None) -> Profile:
+    prof = load_profile(name)
+    if arch is not None and prof.arch != arch:
+        raise UsageError(f"profile {prof.name} is for {prof.arch}, not {arch} (choose a {arch} profile)")
+    return prof
+
+
+def _granule(text: str) -> int:
+    key = text.upper().removesuffix("B").removesuffix("I")
+    if key not in GRANULES:
+        raise UsageError(f"bad granule {text!r}: one of 4K, 16K, 64K")
+    return GRANULES[key]
+
+
+def _features(text: str | None, profile: Profile) -> list[str] | None:
+    """``--features``: None keeps the profile's; ``""`` means none; otherwise a comma list."""
+    if text is None:
+        return sorted(profile.cpu_features) if profile.cpu_features else None
+    feats = [f.strip() for f in text.split(",") if f.strip()]
+    from ptesim.arch import CPU_FEATURES
+
+    known = CPU_FEATURES[profile.arch]
+    for f in feats:
+        if f not in known:
+            raise UsageError(f"unknown CPU feature {f!r} for {profile.arch}; known: {', '.join(known)}")
+    return feats
+
+
+def _folio(text: str, granule: int, mem: int) -> int:
+    folio = parse_size(text, what="--folio")
+    pages = folio // granule
+    if folio % granule or pages & (pages - 1):
+        raise UsageError(
+            f"bad folio size {text}: must be a power-of-two multiple of the {format_size(granule)} page"
+        )
+    if folio > mem:
+        raise UsageError(f"bad folio size {text}: larger than the mapping ({format_size(mem)})")
+    if mem % granule:
+        raise UsageError(f"bad --mem {format_size(mem)}: not a multiple of the {format_size(granule)} page")
+    return folio
+
+
+def _preset(name: str) -> str:
+    from ptesim.kernel.config import PRESETS
+
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return name
+
+
+def _decomp_row(ch: Change) -> list[str]:
+    return [f"{ch.contributions_pp[c]:+.1f}" for c in CATEGORIES]
+
+
+def _decomp_dict(ch: Change) -> dict[str, float]:
+    out = {f"{c}_pp": round(ch.contributions_pp[c], 3) for c in CATEGORIES}
+    out["queueing_stretch_pp"] = round(ch.stretch_pp, 3)
+    return out
+
+
+def _time_dict(t: IterationTime) -> dict[str, float]:
+    return {f"{c}_ms": round(v / 1e6, 6) for c, v in t.by_category.items()}
+
+
+# -- reproduce seed --------------------------------------------------------------------------------
+
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ptesim.cost.seed import reproduce
+    from ptesim.cost.seed import HOLDOUT, reproduce
 
     if args.what != "seed":
         raise UsageError(f"reproduce: unknown table {args.what!r} (known: seed)")
-    profile = load_profile(args.profile)
-    rep = reproduce(profile, heldout=not args.no_heldout)
+    profile = _profile(args.profile, "arm64")
+    mem = format_size(parse_size(args.mem, what="--mem"))
+    rep = reproduce(profile, heldout=not args.no_heldout, mem=mem)
     held = rep.heldout
     if args.plot:
         from ptesim.report.plots import seed_plot
@@ -34,13 +117,33 @@ def _reproduce(args: argparse.Namespace) -> int:
             "rows": rep.rows,
             "max_abs_error_pp": round(rep.max_abs_error_pp, 3),
             "heldout": {
-                "cpus": list(held.holdout_cpus) if held else [],
+                "cpus": list(HOLDOUT) if held else [],
                 "max_abs_error_pp": round(held.heldout_max_abs_error_pp, 3) if held else None,
-                "fitted": held.fitted if held else {},
             },
             "parameters": rep.parameters,
-            "profile": profile.name,
         }
+        if args.detail:
+            out["profile"] = profile.name
+            out["mem"] = mem
+            out["provenance"] = {k: profile.provenance[k] for k in rep.parameters}
+            out["decomposition"] = [
+                {"variant": label, "cpus": cpus, "change_pct": round(ch.change_pct, 3), **_decomp_dict(ch)}
+                for (label, cpus), ch in sorted(rep.changes.items())
+            ]
+            if held:
+                out["heldout_fit"] = {
+                    "fitted": held.fitted,
+                    "cells": [
+                        {
+                            "variant": c.label,
+                            "cpus": c.cpus,
+                            "published": c.measured,
+                            "model": round(c.model, 3),
+                            "heldout": c.heldout,
+                        }
+                        for c in held.cells
+                    ],
+                }
         print(json.dumps(out, indent=2))
         return 0
     rows = []
@@ -56,49 +159,98 @@ def _reproduce(args: argparse.Namespace) -> int:
                 f"{r['model_after'] - r['published_after']:+.1f}",
             ]
         )
-    print(f"Seed table: will-it-scale fork-and-exit, arm64 4K/64K folios, 128M, profile {profile.name}\n")
-    print(markdown_table(["cpus", "before opt", "model", "err pp", "after opt", "model", "err pp"], rows))
-    print(f"\nmax |error| {rep.max_abs_error_pp:.2f} pp over all cells")
+    print(
+        f"Seed table: will-it-scale fork and exit, arm64 4K pages, 64K folios, {mem} per worker, "
+        f"profile {profile.name}\n"
+    )
+    print(
+        markdown_table(
+            ["cpus", "before opt", "model", "error pp", "after opt", "model", "error pp"],
+            rows,
+        )
+    )
+    print(f"\nmax |error| {rep.max_abs_error_pp:.2f} pp over all {2 * len(rep.rows)} cells")
     if held:
         print(
-            f"fitted on CPUs {sorted({c.cpus for c in held.cells if not c.heldout})}: held-out "
-            f"{list(held.holdout_cpus)} max |error| {held.heldout_max_abs_error_pp:.2f} pp"
+            f"refitted on CPUs {sorted({c.cpus for c in held.cells if not c.heldout})} only: "
+            f"max |error| on held-out {list(HOLDOUT)} = {held.heldout_max_abs_error_pp:.2f} pp"
         )
-    print("\nDecomposition of each model number (pp): " + ", ".join(CATEGORIES))
+    print(
+        "\nWhere each model number comes from (percentage points; they add up to the change).  "
+        "queueing = the DVM sync stretched by the other busy CPUs + waiting behind their syncs."
+    )
     drows = []
-    for (label, cpus), ch in sorted(rep.changes.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (label, cpus), ch in sorted(rep.changes.items()):
         drows.append(
-            [label, str(cpus), f"{ch.change_pct:+.1f}"]
-            + [f"{ch.contributions_pp[c]:+.1f}" for c in CATEGORIES]
+            [
+                label.replace("_", " "),
+                str(cpus),
+                f"{ch.change_pct:+.1f}",
+                *_decomp_row(ch),
+                f"{ch.stretch_pp:+.1f}",
+            ]
         )
-    print(markdown_table(["variant", "cpus", "change %", *CATEGORIES], drows))
+    print(
+        markdown_table(
+            ["variant", "cpus", "change %", *CATEGORY_TITLES.values(), "of which stretch"],
+            drows,
+        )
+    )
+    print("\nParameters:")
+    for k, v in rep.parameters.items():
+        print(f"  {k} = {v:.6g}  ({profile.provenance[k]})")
     return 0
 
 
-def _wis(args: argparse.Namespace) -> int:
-    from ptesim.workloads.wis import wis_rows, wis_work
+# -- wis ---------------------------------------------------------------------------------------------
 
-    profile = load_profile(args.profile)
-    feats = profile.cpu_features | frozenset(f for f in args.features.split(",") if f)
-    kw: dict[str, Any] = {"folio": parse_size(args.folio), "mem": parse_size(args.mem), "cpu_features": feats}
-    var = wis_work(args.arch, args.preset, **kw)
-    base = wis_work(args.arch, args.baseline, **kw)
-    rows = wis_rows(var, base, profile, parse_cpu_list(args.cpus))
+
+def _wis(args: argparse.Namespace) -> int:
+    from ptesim.cost.runs import prefetch
+    from ptesim.workloads.wis import wis_rows, wis_spec, work_of
+
+    profile = _profile(args.profile)
+    arch = args.arch or profile.arch
+    if arch != profile.arch:
+        raise UsageError(f"profile {profile.name} is for {profile.arch}, not {arch}")
+    preset = _preset(args.preset)
+    feats = _features(args.features, profile)
+    cpus = parse_cpu_list(args.cpus)
+    granule = _granule(args.granule)
+    mem = parse_size(args.mem, what="--mem")
+    folio = _folio(args.folio, granule, mem)
+    if args.baseline == "nocont":
+        base_preset, base_ov, base_label = preset, {"contpte": "n"}, f"{preset} without PTE_CONT"
+    else:
+        base_preset, base_ov, base_label = _preset(args.baseline), {}, args.baseline
+    kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
+    var_spec = wis_spec(arch, preset, **kw)
+    base_spec = wis_spec(arch, base_preset, overrides=base_ov, **kw)
+    prefetch([var_spec, base_spec])
+    rows = wis_rows(work_of(var_spec), work_of(base_spec), profile, cpus)
     if args.json:
         print(
             json.dumps(
                 {
+                    "arch": arch,
+                    "preset": preset,
+                    "baseline": base_label,
+                    "profile": profile.name,
+                    "folio": format_size(folio),
+                    "mem": mem,
+                    "granule": format_size(granule),
                     "results": [
                         {
                             "cpus": r.cpus,
-                            "first_iterations_per_s": r.first.variant.iterations_per_s,
-                            "steady_iterations_per_s": r.steady.variant.iterations_per_s,
-                            "first_change_pct": r.first.change_pct,
-                            "steady_change_pct": r.steady.change_pct,
-                            "steady_contributions_pp": r.steady.contributions_pp,
+                            "first_iterations_per_s": round(r.first.variant.iterations_per_s, 3),
+                            "steady_iterations_per_s": round(r.steady.variant.iterations_per_s, 3),
+                            "baseline_steady_iterations_per_s": round(r.steady.baseline.iterations_per_s, 3),
+                            "first_change_pct": round(r.first.change_pct, 3),
+                            "steady_change_pct": round(r.steady.change_pct, 3),
+                            "steady_contributions": _decomp_dict(r.steady),
                         }
                         for r in rows
-                    ]
+                    ],
                 },
                 indent=2,
             )
@@ -111,28 +263,85 @@ def _wis(args: argparse.Namespace) -> int:
             f"{r.first.change_pct:+.1f}%",
             f"{r.steady.variant.iterations_per_s:,.0f}",
             f"{r.steady.change_pct:+.1f}%",
+            *_decomp_row(r.steady),
         ]
         for r in rows
     ]
     print(
-        f"{args.preset} vs {args.baseline}, {args.arch}, folio {args.folio}, {args.mem}, "
-        f"profile {profile.name}\n"
+        f"will-it-scale fork and exit: {preset} vs {base_label}, {arch} {format_size(granule)} pages, "
+        f"{format_size(folio)} folios, {format_size(mem)} per worker, profile {profile.name}\n"
     )
-    print(markdown_table(["cpus", "first it/s", "first change", "steady it/s", "steady change"], out))
+    print(
+        markdown_table(
+            [
+                "cpus",
+                "first it/s",
+                "first change",
+                "steady it/s",
+                "steady change",
+                *[f"{t} pp" for t in CATEGORY_TITLES.values()],
+            ],
+            out,
+        )
+    )
     return 0
+
+
+# -- latency ---------------------------------------------------------------------------------------
 
 
 def _latency(args: argparse.Namespace) -> int:
-    from ptesim.workloads.latency import latency_ns
+    from ptesim.workloads.latency import OPS, host_preset, latency_spec, latency_time
 
-    ns = latency_ns(
-        args.op, args.arch, args.preset, args.profile, folio=parse_size(args.folio), mem=parse_size(args.mem)
+    if args.op not in OPS:
+        raise UsageError(f"unknown operation {args.op!r} (expected one of {', '.join(OPS)})")
+    profile = _profile(args.profile)
+    arch = args.arch or profile.arch
+    if arch != profile.arch:
+        raise UsageError(f"profile {profile.name} is for {profile.arch}, not {arch}")
+    preset = _preset(args.preset or host_preset(profile))
+    granule = _granule(args.granule)
+    mem = parse_size(args.mem, what="--mem")
+    folio = _folio(args.folio, granule, mem)
+    spec = latency_spec(
+        args.op,
+        arch,
+        preset,
+        folio=folio,
+        mem=mem,
+        granule=granule,
+        cpu_features=_features(args.features, profile),
     )
+    t = latency_time(spec, profile)
     if args.json:
-        print(json.dumps({"op": args.op, "arch": args.arch, "preset": args.preset, "ms": ns / 1e6}))
-    else:
-        print(f"{args.op} {args.arch} {args.preset} folio {args.folio} mem {args.mem}: {ns / 1e6:.3f} ms")
+        print(
+            json.dumps(
+                {
+                    "op": args.op,
+                    "arch": arch,
+                    "preset": preset,
+                    "profile": profile.name,
+                    "folio": format_size(folio),
+                    "mem": mem,
+                    "granule": format_size(granule),
+                    "ms": round(t.cycle_ns / 1e6, 6),
+                    "by_category": _time_dict(t),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    parts = ", ".join(
+        f"{CATEGORY_TITLES[c]} {t.by_category[c] / 1e6:.3f}" for c in CATEGORIES if t.by_category[c]
+    )
+    print(
+        f"{args.op}: {arch} {preset}, {format_size(mem)} of {format_size(folio)} folios "
+        f"({format_size(granule)} pages), profile {profile.name}: {t.cycle_ns / 1e6:.3f} ms ({parts} ms)"
+    )
     return 0
+
+
+# -- calibrate ---------------------------------------------------------------------------------------
 
 
 def _read_table(path: str) -> list[tuple[str, int, float]]:
@@ -141,146 +350,320 @@ def _read_table(path: str) -> list[tuple[str, int, float]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read table {path}: {exc.strerror}") from None
-    body = "\n".join(line for line in text.splitlines() if line and not line.startswith("#"))
+    body = "\n".join(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    reader = csv.DictReader(io.StringIO(body))
+    if not reader.fieldnames or "cpus" not in reader.fieldnames:
+        raise UsageError(f"{path}: needs a 'cpus' column and one '<variant>_pct' column per variant")
+    pct_cols = [k for k in reader.fieldnames if k.endswith("_pct")]
+    if not pct_cols:
+        raise UsageError(f"{path}: no '<variant>_pct' column")
     out = []
-    for r in csv.DictReader(io.StringIO(body)):
-        if "cpus" not in r:
-            raise UsageError(f"{path}: needs a 'cpus' column")
-        for k, v in r.items():
-            if k.endswith("_pct"):
-                try:
-                    out.append((k.removesuffix("_pct"), int(r["cpus"]), float(v)))
-                except (TypeError, ValueError):
-                    raise UsageError(f"{path}: bad number in column {k}") from None
+    for lineno, r in enumerate(reader, start=2):
+        try:
+            cpus = int(r["cpus"])
+        except (TypeError, ValueError):
+            raise UsageError(f"{path}: line {lineno}: bad CPU count {r['cpus']!r}") from None
+        if cpus < 1:
+            raise UsageError(f"{path}: line {lineno}: CPU count must be positive")
+        for k in pct_cols:
+            v = r.get(k)
+            if v is None or not v.strip():
+                continue
+            try:
+                out.append((k.removesuffix("_pct"), cpus, float(v)))
+            except ValueError:
+                raise UsageError(f"{path}: line {lineno}: bad number {v!r} in column {k}") from None
+    if not out:
+        raise UsageError(f"{path}: no measurements")
     return out
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    profile = load_profile(args.profile)
-    holdout = parse_cpu_list(args.holdout) if args.holdout else []
-    if args.from_host:
-        raise UsageError("calibrate --from-host: needs the model's latency counts (not available yet)")
-    from ptesim.cost.seed import VARIANTS, seed_cells, seed_work
+def _apply_start(profile: Profile, text: str | None) -> Profile:
+    """``--start seed`` or ``--start name=value,...``: initial values before fitting."""
+    if not text:
+        return profile
+    if text == "seed":
+        from ptesim.cost.seed import SEED_START
 
-    table = args.table
-    if table is None:
-        cells = seed_cells(seed_work(profile))
-    else:
-        work = seed_work(profile)
-        cells = []
-        for label, cpus, pct in _read_table(table):
-            if label not in VARIANTS:
-                raise UsageError(f"{table}: unknown column {label}_pct (expected {', '.join(VARIANTS)})")
-            cells.append(Cell(label, cpus, work[label].steady, work["baseline"].steady, pct))
-    names = [n for n in args.fit.split(",") if n]
-    res = fit(profile, names, cells, holdout_cpus=holdout)
+        return profile.with_values(SEED_START)
+    values: dict[str, float] = {}
+    params = profile.parameters()
+    for item in text.split(","):
+        name, sep, val = item.partition("=")
+        if not sep:
+            raise UsageError(f"bad --start {item!r}: expected name=value or 'seed'")
+        try:
+            values[resolve_parameter(name.strip(), params)] = float(val)
+        except ValueError:
+            raise UsageError(f"bad --start value {val!r} for {name}") from None
+    return profile.with_values(values)
+
+
+def _print_fit(res: FitResult, unit: str, as_json: bool) -> None:
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "fitted": res.fitted,
+                    "initial": res.initial,
+                    "cells": [
+                        {
+                            "label": c.label,
+                            "cpus": c.cpus,
+                            "measured": c.measured,
+                            "model": round(c.model, 4),
+                            "error": round(c.error, 3),
+                            "unit": "pp" if c.unit == "%" else "%",
+                            "heldout": c.heldout,
+                        }
+                        for c in res.cells
+                    ],
+                    "max_abs_error_fitted": round(res.fitted_max_abs_error, 3),
+                    "max_abs_error_heldout": round(res.heldout_max_abs_error, 3)
+                    if any(c.heldout for c in res.cells)
+                    else None,
+                    "provenance": {k: res.profile.provenance[k] for k in res.fitted},
+                },
+                indent=2,
+            )
+        )
+        return
     rows = [
         [
             c.label,
             str(c.cpus),
-            f"{c.measured_pct:+.1f}",
-            f"{c.model_pct:+.2f}",
-            f"{c.error_pp:+.2f}",
-            "held-out" if c.heldout else "",
+            f"{c.measured:.4g}",
+            f"{c.model:.4g}",
+            f"{c.error:+.2f}",
+            "held out" if c.heldout else "fitted",
         ]
         for c in res.cells
     ]
-    print(markdown_table(["cell", "cpus", "measured %", "model %", "residual pp", ""], rows))
+    print(markdown_table(["cell", "cpus", "measured", "model", f"error {unit}", ""], rows))
     for k, v in res.fitted.items():
-        print(f"{k} = {v:.6g} (was {res.initial[k]:.6g})")
-    print(
-        f"max |residual| fitted {res.fitted_max_abs_error_pp:.2f} pp, "
-        f"held-out {res.heldout_max_abs_error_pp:.2f} pp"
-    )
+        print(f"{k} = {v:.6g} (start {res.initial[k]:.6g})")
+    line = f"max |error| fitted {res.fitted_max_abs_error:.2f} {unit}"
+    if any(c.heldout for c in res.cells):
+        line += f", held out {res.heldout_max_abs_error:.2f} {unit}"
+    print(line)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The calibrate command as it could be typed again (for provenance)."""
+    parts = ["ptesim", "calibrate", "--profile", args.profile]
+    for opt, val in (
+        ("--from-host", args.from_host),
+        ("--table", args.table),
+        ("--start", args.start),
+        ("--fit", args.fit),
+        ("--holdout", args.holdout),
+        ("--holdout-sizes", args.holdout_sizes),
+    ):
+        if val:
+            parts += [opt, str(val)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    profile = _profile(args.profile)
+    names = [n.strip() for n in args.fit.split(",") if n.strip()]
+    params = profile.parameters()
+    for n in names:
+        resolve_parameter(n, params)
+    holdout = parse_cpu_list(args.holdout) if args.holdout else []
+    if args.table and args.from_host:
+        raise UsageError("calibrate: give either --table or --from-host, not both")
+    if args.table:
+        _read_table(args.table)  # fail early on an unreadable table
+    command = _command_line(args)
+    if args.from_host:
+        from ptesim.cost.hostfit import fit_host, read_host_results
+
+        read_host_results(args.from_host)
+        if holdout:
+            raise UsageError(
+                "calibrate --from-host: hold out folio sizes with --holdout-sizes, not --holdout"
+            )
+        start = _apply_start(profile, args.start)
+        sizes = [s for s in args.holdout_sizes.split(",") if s.strip()]
+        res = fit_host(args.from_host, start, names, holdout_sizes=sizes, command=command)
+        _print_fit(res, "%", args.json)
+    else:
+        if args.holdout_sizes:
+            raise UsageError("calibrate: --holdout-sizes applies to --from-host")
+        if not names:
+            raise UsageError("calibrate: name at least one parameter to fit (--fit a,b,...)")
+        res = _fit_table(args, _apply_start(profile, args.start), names, holdout, command)
+        _print_fit(res, "pp", args.json)
     if args.write:
-        Path(args.write).write_text(dump_profile(res.profile), encoding="utf-8")
-        print(f"wrote {args.write}")
+        try:
+            Path(args.write).write_text(dump_profile(res.profile), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.write}: {exc.strerror}") from None
+        if not args.json:
+            print(f"wrote {args.write}")
     return 0
 
 
-#: whatif configurations: label, arch, granule, cpu features, profile
-WHATIF = (
-    ("arm64 4K", "arm64", 4096, frozenset[str](), "altra"),
-    ("arm64 4K +TLBIRANGE", "arm64", 4096, frozenset({"tlbi-range"}), "arm64-tlbirange"),
-    ("arm64 4K +BBML2", "arm64", 4096, frozenset({"bbml2"}), "altra"),
-    ("arm64 16K", "arm64", 16384, frozenset[str](), "altra"),
-    ("arm64 64K", "arm64", 65536, frozenset[str](), "altra"),
-    ("riscv Svnapot (IPI)", "riscv", 4096, frozenset[str](), "riscv-generic"),
-    ("riscv Svnapot (SBI)", "riscv", 4096, frozenset({"sbi-rfence"}), "riscv-generic"),
-    ("x86-64", "x86", 4096, frozenset[str](), "x86-host"),
-)
+def _fit_table(
+    args: argparse.Namespace, profile: Profile, names: list[str], holdout: list[int], command: str
+) -> FitResult:
+    from ptesim.cost.seed import VARIANTS, seed_cells, seed_work
+
+    if profile.arch != "arm64":
+        raise UsageError(
+            f"calibrate --table: the seed workload runs on arm64; profile {profile.name} is {profile.arch}"
+        )
+    mem = format_size(parse_size(args.mem, what="--mem"))
+    work = seed_work(profile, mem=mem)
+    if args.table is None:
+        cells = seed_cells(work)
+        what = "seed table"
+    else:
+        cells = []
+        for label, cpus, pct in _read_table(args.table):
+            if label not in VARIANTS:
+                raise UsageError(f"{args.table}: unknown column {label}_pct (expected {', '.join(VARIANTS)})")
+            cells.append(Cell(label, cpus, work[label].steady, work["baseline"].steady, pct))
+        what = f"table {Path(args.table).name}"
+    if holdout:
+        missing = sorted(set(holdout) - {c.cpus for c in cells})
+        if missing:
+            raise UsageError(f"--holdout: no cell at {missing[0]} CPUs in the {what}")
+    fitted_on = sorted({c.cpus for c in cells} - set(holdout))
+    source = f"{what}, CPUs {', '.join(map(str, fitted_on))}, {command}"
+    return fit(profile, names, cells, holdout_cpus=holdout, source=source)
+
+
+# -- whatif ------------------------------------------------------------------------------------------
 
 
 def _whatif(args: argparse.Namespace) -> int:
-    from ptesim.workloads.wis import wis_rows, wis_work
+    from ptesim.cost.whatif import calibration_label, whatif
 
     cpus = parse_cpu_list(args.cpus)
-    out = []
-    for label, arch, granule, feats, pname in WHATIF:
-        profile: Profile = load_profile(pname)
-        folio = max(parse_size(args.folio), granule * 16)
-        kw: dict[str, Any] = {
-            "folio": folio,
-            "mem": parse_size(args.mem),
-            "granule": granule,
-            "cpu_features": feats,
-        }
-        before = wis_work(arch, "contpte-v1-before-opt" if arch == "arm64" else "v6.8", **kw)
-        after = wis_work(arch, "contpte-v1-after-opt" if arch == "arm64" else "v6.9", **kw)
-        rows = wis_rows(after, before, profile, cpus)
-        calibrated = sum(1 for k in profile.parameters() if profile.is_calibrated(k))
-        out.append(
-            [label, f"{pname} ({calibrated} calibrated)", format_size(folio)]
-            + [f"{r.steady.change_pct:+.1f}%" for r in rows]
+    rows = whatif(cpus, mem=args.mem, fork_mem=args.fork_mem)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "cpus": cpus,
+                    "mem": parse_size(args.mem),
+                    "fork_mem": parse_size(args.fork_mem),
+                    "rows": [
+                        {
+                            "config": r.config.label,
+                            "arch": r.config.arch,
+                            "granule": format_size(r.config.granule),
+                            "folio": format_size(r.config.folio),
+                            "cpu_features": sorted(r.config.features),
+                            "before": {"preset": r.config.before[0], "overrides": dict(r.config.before[1])},
+                            "after": {"preset": r.config.after[0], "overrides": dict(r.config.after[1])},
+                            "profile": r.profile.name,
+                            "calibrated": sorted(
+                                k for k in r.profile.parameters() if r.profile.is_calibrated(k)
+                            ),
+                            "wis_change_pct": {str(c.cpus): round(c.change_pct, 3) for c in r.wis},
+                            "fork_change_pct": round(r.fork_change_pct, 3),
+                            "fork_before_ms": round(r.fork_before_ms, 4),
+                            "fork_after_ms": round(r.fork_after_ms, 4),
+                        }
+                        for r in rows
+                    ],
+                },
+                indent=2,
+            )
         )
-    print(markdown_table(["config", "profile", "folio", *[f"{n} cpus" for n in cpus]], out))
+        return 0
+    table = [
+        [
+            r.config.label,
+            format_size(r.config.folio),
+            *[f"{c.change_pct:+.1f}%" for c in r.wis],
+            f"{r.fork_change_pct:+.1f}%",
+            calibration_label(r.profile),
+        ]
+        for r in rows
+    ]
+    print(
+        "Change from batching PTEs during fork (before -> after), predicted by the model.\n"
+        f"will-it-scale fork and exit ({args.mem} per worker, steady state): change in iterations/s; "
+        f"{args.fork_mem} fork: change in latency of one process's first fork (negative = faster).\n"
+    )
+    print(
+        markdown_table(
+            ["config", "folio", *[f"wis {n} cpus" for n in cpus], f"{args.fork_mem} fork", "profile values"],
+            table,
+        )
+    )
+    print(
+        "\nbefore -> after: each preset without -> with the core fork/zap batching: arm64 v6.9 "
+        "(+bbml2_aware with BBML2), riscv v6.9-svnapot, x86-64 v6.9; 'seed kernels' is the seed's "
+        "contpte-v1-before-opt -> contpte-v1-after-opt.  Folios: the contiguous block size of the granule."
+    )
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a published table with the model (seed)")
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, **kw)
+        return p
+
+    p = add("reproduce", help="reproduce a published table with the model (seed)")
     p.add_argument("what", help="which table: seed")
     p.add_argument("--profile", default="altra")
-    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("--mem", default="128M", help="buffer per worker (default 128M, as published)")
+    p.add_argument("--plot", metavar="PNG", help="plot published points and model curves")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--detail", action="store_true", help="with --json: add decomposition and provenance")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out refit")
     p.set_defaults(handler=_reproduce)
 
-    p = sub.add_parser("wis", help="will-it-scale fork-and-exit throughput from the model")
-    p.add_argument("--arch", default="arm64")
+    p = add("wis", help="will-it-scale fork-and-exit throughput from the model")
+    p.add_argument("--arch", default=None, help="default: the profile's arch")
     p.add_argument("--profile", default="altra")
     p.add_argument("--preset", required=True)
-    p.add_argument("--baseline", default="contpte-v1-base")
+    p.add_argument(
+        "--baseline", default="nocont", help="baseline preset (default: the same preset with PTE_CONT off)"
+    )
     p.add_argument("--folio", default="64K")
     p.add_argument("--mem", default="128M")
+    p.add_argument("--granule", default="4K")
     p.add_argument("--cpus", default="1,8,16,24,32")
-    p.add_argument("--features", default="", help="extra CPU features, comma separated")
+    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the profile's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_wis)
 
-    p = sub.add_parser("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
-    p.add_argument("op")
-    p.add_argument("--arch", default="arm64")
+    p = add("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
+    p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages or cow")
+    p.add_argument("--arch", default=None, help="default: the profile's arch")
     p.add_argument("--profile", default="altra")
-    p.add_argument("--preset", default="v6.9")
+    p.add_argument("--preset", default=None, help="default: the profile's preset")
     p.add_argument("--folio", default="64K")
     p.add_argument("--mem", default="1G")
+    p.add_argument("--granule", default="4K")
+    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the profile's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_latency)
 
-    p = sub.add_parser("calibrate", help="least-squares fit of profile parameters to a measured table")
-    p.add_argument("--table", help="CSV: cpus,<variant>_pct,... (default: the seed table)")
+    p = add("calibrate", help="least-squares fit of profile parameters to a measured table")
+    p.add_argument("--table", help="CSV: cpus,before_opt_pct,after_opt_pct (default: the seed table)")
     p.add_argument("--profile", default="altra")
     p.add_argument("--fit", default="", help="parameters to fit, comma separated")
     p.add_argument("--holdout", default="", help="CPU counts left out of the fit")
+    p.add_argument("--start", default=None, help="'seed' or name=value,... : initial values")
+    p.add_argument("--mem", default="128M", help="buffer per worker of the seed workload")
     p.add_argument(
-        "--from-host", metavar="JSON", help="fit x86-host per-PTE/per-batch costs from host results"
+        "--from-host", metavar="JSON", help="fit per-PTE/per-batch costs to 'ptesim host <op> --json'"
     )
+    p.add_argument("--holdout-sizes", default="", help="with --from-host: folio sizes left out of the fit")
     p.add_argument("--write", metavar="TOML", help="write the fitted profile")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_calibrate)
 
-    p = sub.add_parser("whatif", help="which architectures benefit from fork batching")
+    p = add("whatif", help="which architectures benefit from batching PTEs during fork")
     p.add_argument("--cpus", default="1,8,16,32")
-    p.add_argument("--folio", default="64K")
-    p.add_argument("--mem", default="128M")
+    p.add_argument("--mem", default="128M", help="will-it-scale buffer per worker")
+    p.add_argument("--fork-mem", default="1G", help="mapping of the single-process fork")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_whatif)

@@ -1,0 +1,179 @@
+"""Which architectures benefit from batching PTEs during fork? (Andrew Morton's question on v2 01/14.)
+
+For each configuration -- arm64 with 4K/16K/64K granules, with and without FEAT_TLBIRANGE and BBML2;
+riscv with Svnapot and remote fences by IPI or by SBI; x86-64 -- the model runs the same workloads
+on a kernel without and with the batching, and the cost model prices both with the configuration's
+profile:
+
+* will-it-scale "fork and exit" (per worker ``mem`` of ``folio``-sized folios), steady state: the
+  change in summed iterations/s from batching, ``T_before / T_after - 1``, at each CPU count;
+* one process forking a ``fork_mem`` mapping whose PTEs are writable (the first fork), on an idle
+  machine: the change in fork latency, ``t_after / t_before - 1`` (negative = faster).
+
+The kernels compared ("before" -> "after") differ in the batching alone: "after" is the mainline form
+of each architecture's kernel, "before" is the same kernel with the core fork/zap batching switched
+off (``fork_batch=none``, ``zap_batch=n``, no batch hints -- what the v6.8 core does: one
+``copy_present_pte`` per PTE, one ``set_ptes(nr=1)`` per child entry):
+
+* arm64: ``v6.9`` (PTE_CONT with the batched contpte API and automatic fold); with BBML2 also
+  ``bbml2_aware=y`` (``contpte_convert`` elides its break-before-make flush, ~v6.16).  Without
+  batching the child's blocks are folded from ``set_ptes(nr=1)`` on their last entry -- the seed's
+  TLBI storm in its mainline form.  One extra row prices the seed's own pair
+  (``contpte-v1-before-opt`` -> ``contpte-v1-after-opt``), on which ``altra`` was calibrated.
+* riscv: ``v6.9-svnapot`` (Svnapot used transparently through the shared contpte layer, as Alexandre
+  Ghiti proposed; not in mainline).  There is no upstream per-PTE Svnapot kernel, so the unbatched
+  twin is the only baseline that isolates the batching.
+* x86-64: ``v6.9``; unbatched it is ``v6.8`` (the v6.8 preset is exactly these flags).
+
+Folios are the architecture's contiguous block size (64K for a 4K granule, 2M for 16K and 64K
+granules, 64K Svnapot), so that the contiguous layer can be used at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ptesim.cost.model import Change, change
+from ptesim.cost.profile import Profile, load_profile
+from ptesim.cost.runs import RunSpec, prefetch
+from ptesim.units import format_size, parse_size
+from ptesim.workloads.latency import latency_spec, latency_time
+from ptesim.workloads.wis import wis_spec, work_of
+
+_NO_BATCH = {"fork_batch": "none", "zap_batch": "n", "fpb_batch_hint": "n", "pte_batch_hint": "n"}
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    arch: str
+    granule: int
+    folio: int
+    features: frozenset[str]
+    profile: str
+    before: tuple[str, tuple[tuple[str, str], ...]]  # preset, overrides
+    after: tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _ov(d: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(d.items()))
+
+
+def configs() -> list[Config]:
+    out: list[Config] = [
+        Config(
+            "arm64 4K, seed kernels",
+            "arm64",
+            4096,
+            64 << 10,
+            frozenset(),
+            "altra",
+            ("contpte-v1-before-opt", ()),
+            ("contpte-v1-after-opt", ()),
+        )
+    ]
+    for granule, folio in ((4096, 64 << 10), (16384, 2 << 20), (65536, 2 << 20)):
+        for feats in ((), ("tlbi-range",), ("bbml2",), ("tlbi-range", "bbml2")):
+            fs = frozenset(feats)
+            extra = {"bbml2_aware": "y"} if "bbml2" in fs else {}
+            name = f"arm64 {format_size(granule)}" + "".join(f" +{f}" for f in feats)
+            prof = "arm64-tlbirange" if "tlbi-range" in fs else "altra"
+            out.append(
+                Config(
+                    name,
+                    "arm64",
+                    granule,
+                    folio,
+                    fs,
+                    prof,
+                    ("v6.9", _ov({**_NO_BATCH, **extra})),
+                    ("v6.9", _ov(extra)),
+                )
+            )
+    for feats, how in (((), "IPI"), (("sbi-rfence",), "SBI")):
+        out.append(
+            Config(
+                f"riscv Svnapot ({how})",
+                "riscv",
+                4096,
+                64 << 10,
+                frozenset(feats),
+                "riscv-generic",
+                ("v6.9-svnapot", _ov(_NO_BATCH)),
+                ("v6.9-svnapot", ()),
+            )
+        )
+    out.append(
+        Config(
+            "x86-64", "x86", 4096, 64 << 10, frozenset(), "x86-host", ("v6.9", _ov(_NO_BATCH)), ("v6.9", ())
+        )
+    )
+    return out
+
+
+@dataclass(frozen=True)
+class Row:
+    config: Config
+    profile: Profile
+    wis: list[Change]  # after vs before, per CPU count
+    fork_change_pct: float
+    fork_before_ms: float
+    fork_after_ms: float
+
+
+def _specs(c: Config, mem: int, fork_mem: int) -> tuple[RunSpec, RunSpec, RunSpec, RunSpec]:
+    feats = sorted(c.features)
+    wb, wa = (
+        wis_spec(
+            c.arch, k[0], folio=c.folio, mem=mem, granule=c.granule, cpu_features=feats, overrides=dict(k[1])
+        )
+        for k in (c.before, c.after)
+    )
+    fb = _fork_spec(c, c.before, fork_mem)
+    fa = _fork_spec(c, c.after, fork_mem)
+    return wb, wa, fb, fa
+
+
+def _fork_spec(c: Config, which: tuple[str, tuple[tuple[str, str], ...]], mem: int) -> RunSpec:
+    spec = latency_spec(
+        "fork", c.arch, which[0], folio=c.folio, mem=mem, granule=c.granule, cpu_features=sorted(c.features)
+    )
+    return dataclasses.replace(spec, overrides=which[1])
+
+
+def whatif(cpus: Sequence[int], *, mem: str = "128M", fork_mem: str = "1G") -> list[Row]:
+    """Run every configuration (in parallel, cached) and price it."""
+    m, fm = parse_size(mem, what="--mem"), parse_size(fork_mem, what="--fork-mem")
+    cfgs = configs()
+    specs = {c.label: _specs(c, m, fm) for c in cfgs}
+    prefetch([s for ss in specs.values() for s in ss])
+    rows = []
+    for c in cfgs:
+        prof = load_profile(c.profile)
+        wb, wa, fb, fa = specs[c.label]
+        before, after = work_of(wb), work_of(wa)
+        wis = [change(after.steady, before.steady, prof, n) for n in cpus]
+        tb = latency_time(fb, prof).cycle_ns
+        ta = latency_time(fa, prof).cycle_ns
+        rows.append(Row(c, prof, wis, 100.0 * (ta / tb - 1.0), tb / 1e6, ta / 1e6))
+    return rows
+
+
+def calibration_label(profile: Profile) -> str:
+    """``altra: 4 calibrated (seed) / 46 assumed``."""
+    params = profile.parameters()
+    cal = [k for k in params if profile.is_calibrated(k)]
+    sources = sorted({_source(profile.provenance[k]) for k in cal})
+    what = f" ({', '.join(sources)})" if sources else ""
+    return f"{profile.name}: {len(cal)} calibrated{what} / {len(params) - len(cal)} assumed"
+
+
+def _source(prov: str) -> str:
+    text = prov.removeprefix("calibrated:").strip().lower()
+    if "seed" in text:
+        return "seed"
+    if "host" in text:
+        return "host"
+    return "fit"
