@@ -188,33 +188,16 @@ def _zap_loses_dirty() -> list[Patch]:
 
 
 def _fork_no_flush() -> list[Patch]:
-    from ptesim.kernel.memory import copy_page_range
-    from ptesim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, Vma
+    original = fork.dup_mmap
 
-    @kfunc
     def dup_mmap(mm: Any, oldmm: Any) -> None:
-        for mpnt in oldmm.vmas:
-            if mpnt.flags & VM_DONTCOPY:
-                continue
-            tmp = Vma(
-                mm=mm,
-                start=mpnt.start,
-                end=mpnt.end,
-                flags=mpnt.flags,
-                page_prot=mpnt.page_prot,
-                anon_vma=mpnt.anon_vma,
-                file=mpnt.file,
-                pgoff=mpnt.pgoff,
-            )
-            if mpnt.file is not None:
-                mpnt.file.users += 1
-            mm.vmas.append(tmp)
-            if tmp.flags & VM_WIPEONFORK:
-                tmp.anon_vma = False
-                continue
-            copy_page_range(tmp, mpnt)
-        # flush_tlb_mm(oldmm) forgotten; the kernel still relies on it from here on
-        oldmm.kernel.arch.hw.flush_point(oldmm, 0, 1 << 64, "dup_mmap")
+        # flush_tlb_mm(oldmm) forgotten; dup_mmap still relies on it at its end
+        arch = oldmm.kernel.arch
+        arch.flush_tlb_mm = lambda _mm: None
+        try:
+            original(mm, oldmm)
+        finally:
+            del arch.flush_tlb_mm
 
     return [(fork, "dup_mmap", dup_mmap)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ptesim.events import kfunc
 from ptesim.kernel.memory import copy_page_range, free_pgtables, unmap_vmas
-from ptesim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, MmStruct, Vma
+from ptesim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, MmStruct, vm_area_dup
 from ptesim.kernel.mmu_gather import tlb_finish_mmu, tlb_gather_mmu_fullmm
 
 
@@ -16,18 +16,7 @@ def dup_mmap(mm: MmStruct, oldmm: MmStruct) -> None:
     for mpnt in oldmm.vmas:
         if mpnt.flags & VM_DONTCOPY:
             continue
-        tmp = Vma(
-            mm=mm,
-            start=mpnt.start,
-            end=mpnt.end,
-            flags=mpnt.flags,
-            page_prot=mpnt.page_prot,
-            anon_vma=mpnt.anon_vma,
-            file=mpnt.file,
-            pgoff=mpnt.pgoff,
-        )
-        if mpnt.file is not None:
-            mpnt.file.users += 1
+        tmp = vm_area_dup(mpnt, mm)
         mm.vmas.append(tmp)
         if tmp.flags & VM_WIPEONFORK:
             tmp.anon_vma = False

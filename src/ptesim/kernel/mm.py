@@ -5,8 +5,9 @@ VM_* flag values are the kernel's (``include/linux/mm.h``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ptesim.events import emit
@@ -76,8 +77,6 @@ class Vma:
     anon_vma: bool = False
     file: ShmemFile | None = None
     pgoff: int = 0  # page offset into ``file``
-    #: pages of ``file`` this VMA has privately COW-copied (not used for shared mappings)
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"<vma {self.start:#x}-{self.end:#x} flags={self.flags:#x} mm{self.mm.id}>"
@@ -91,6 +90,15 @@ class Vma:
 
     def linear_page_index(self, addr: int, page_shift: int) -> int:
         return self.pgoff + ((addr - self.start) >> page_shift)
+
+
+def vm_area_dup(orig: Vma, mm: MmStruct | None = None) -> Vma:
+    """kernel/fork.c : vm_area_dup(): a copy of ``orig`` (for ``mm``, by default the same one),
+    holding its own reference on the shmem object behind it."""
+    new = dataclasses.replace(orig, mm=orig.mm if mm is None else mm)
+    if new.file is not None:
+        new.file.users += 1
+    return new
 
 
 class MmStruct:

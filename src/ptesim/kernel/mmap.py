@@ -30,6 +30,7 @@ from ptesim.kernel.mm import (
     MmStruct,
     ShmemFile,
     Vma,
+    vm_area_dup,
 )
 from ptesim.kernel.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
 
@@ -100,18 +101,9 @@ def do_mmap(
 def split_vma(mm: MmStruct, vma: Vma, addr: int) -> Vma:
     """Split ``vma`` at ``addr``; returns the upper part (a new VMA)."""
     page_shift = mm.kernel.arch.page_shift
-    new = Vma(
-        mm=mm,
-        start=addr,
-        end=vma.end,
-        flags=vma.flags,
-        page_prot=vma.page_prot,
-        anon_vma=vma.anon_vma,
-        file=vma.file,
-        pgoff=vma.pgoff + ((addr - vma.start) >> page_shift),
-    )
-    if vma.file is not None:
-        vma.file.users += 1
+    new = vm_area_dup(vma)
+    new.start = addr
+    new.pgoff = vma.pgoff + ((addr - vma.start) >> page_shift)
     vma.end = addr
     mm.vmas.append(new)
     mm.sort_vmas()
