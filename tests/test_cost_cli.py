@@ -1,0 +1,183 @@
+"""The cost commands on small buffers: wis, latency, calibrate --table, whatif, and host mode's
+predict(); user errors are one line with exit status 2."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import ptesim.cost.whatif as whatif_mod
+from ptesim.cli import main
+from ptesim.cost.model import CATEGORIES
+from ptesim.workloads.latency import predict
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+    return rc, out.getvalue()
+
+
+def test_wis_reports_first_and_steady_with_decomposition() -> None:
+    """`ptesim wis` prices both iterations; the steady contributions add up to the change."""
+    rc, text = _run(
+        [
+            "wis",
+            "--arch",
+            "arm64",
+            "--profile",
+            "altra",
+            "--preset",
+            "v6.9",
+            "--mem",
+            "4M",
+            "--cpus",
+            "1,8",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(text)
+    assert doc["baseline"] == "v6.9 without PTE_CONT"
+    assert [r["cpus"] for r in doc["results"]] == [1, 8]
+    for r in doc["results"]:
+        parts = r["steady_contributions"]
+        assert sum(parts[f"{c}_pp"] for c in CATEGORIES) == pytest.approx(r["steady_change_pct"], abs=0.01)
+        assert r["steady_iterations_per_s"] > 0
+    rc, text = _run(
+        ["wis", "--preset", "contpte-v1-before-opt", "--baseline", "contpte-v1-base", "--mem", "2M"]
+    )
+    assert rc == 0 and "steady change" in text
+
+
+def test_latency_and_predict() -> None:
+    """`ptesim latency` gives milliseconds; predict() is what host mode's --compare-model calls and
+    answers None for an arch the profile is not for."""
+    rc, text = _run(
+        [
+            "latency",
+            "fork",
+            "--profile",
+            "altra",
+            "--preset",
+            "contpte-basic",
+            "--folio",
+            "2M",
+            "--mem",
+            "8M",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(text)
+    assert doc["ms"] > 0
+    assert sum(doc["by_category"].values()) == pytest.approx(doc["ms"], rel=1e-6)
+    ms = predict("fork", "x86", "x86-host", "64K", 4 << 20)
+    assert ms is not None and ms > 0
+    assert predict("fork", "arm64", "x86-host", "64K", 4 << 20) is None
+    assert predict("fork", "x86", "x86-host", "3K", 4 << 20) is None
+
+
+def test_calibrate_table_with_holdout(tmp_path: Path) -> None:
+    """A measured table in the seed's format calibrates the named parameters and reports held-out
+    cells apart; --write gives a loadable profile whose fitted values say where they came from."""
+    table = tmp_path / "measured.csv"
+    table.write_text(
+        "# made up\ncpus,before_opt_pct,after_opt_pct\n1,-9,-4\n8,-14,-4\n16,-30,-4\n32,-60,-5\n"
+    )
+    out = tmp_path / "fitted.toml"
+    rc, text = _run(
+        [
+            "calibrate",
+            "--table",
+            str(table),
+            "--profile",
+            "altra",
+            "--fit",
+            "pte_read_ns,sync_per_active_cpu_ns",
+            "--holdout",
+            "16",
+            "--mem",
+            "4M",
+            "--json",
+            "--write",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    doc = json.loads(text)
+    assert set(doc["fitted"]) == {"local_ns.pte_read", "shared.sync_per_active_cpu_ns"}
+    assert {c["cpus"] for c in doc["cells"] if c["heldout"]} == {16}
+    assert doc["max_abs_error_heldout"] is not None
+    from ptesim.cost.profile import load_profile
+
+    p = load_profile(str(out))
+    assert p.provenance["local_ns.pte_read"].startswith("calibrated: table measured.csv, CPUs 1, 8, 32")
+
+
+def test_whatif_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """whatif runs each configuration without and with batching: arm64 4K gains most under
+    contention, BBML2 removes the contention, x86 and riscv see no shared-resource effect."""
+    keep = {"arm64 4K", "arm64 4K +bbml2", "riscv Svnapot (IPI)", "x86-64"}
+    cfgs = [c for c in whatif_mod.configs() if c.label in keep]
+    monkeypatch.setattr(whatif_mod, "configs", lambda: cfgs)
+    rows = {r.config.label: r for r in whatif_mod.whatif([1, 32], mem="4M", fork_mem="4M")}
+    assert set(rows) == keep
+    arm = rows["arm64 4K"]
+    assert arm.wis[1].change_pct > arm.wis[0].change_pct > 0
+    bb = rows["arm64 4K +bbml2"]
+    assert bb.wis[1].change_pct == pytest.approx(bb.wis[0].change_pct, abs=0.5)
+    for label in ("riscv Svnapot (IPI)", "x86-64"):
+        r = rows[label]
+        assert r.wis[1].change_pct == pytest.approx(r.wis[0].change_pct, abs=0.01)
+        assert r.fork_change_pct < 0
+    assert whatif_mod.calibration_label(arm.profile).startswith("altra: 4 calibrated (seed)")
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["reproduce", "seed", "--profile", "x86-host"], "arm64"),
+        (["reproduce", "seed", "--mem", "lots"], "lots"),
+        (["wis", "--preset", "v6.9", "--profile", "x86-host", "--arch", "arm64"], "x86"),
+        (["wis", "--preset", "v6.9", "--granule", "8K"], "8K"),
+        (["wis", "--preset", "v6.9", "--folio", "1M", "--mem", "512K"], "1M"),
+        (["latency", "fork", "--preset", "v0"], "v0"),
+        (["latency", "cow", "--features", "tlbi-range,warp"], "warp"),
+        (["calibrate", "--fit", "scv", "--holdout-sizes", "64K"], "--from-host"),
+        (["calibrate", "--fit", "scv", "--table", "{bad_csv}"], "cpus"),
+        (["calibrate", "--fit", "scv", "--table", "{bad_number}"], "oops"),
+        (["calibrate", "--fit", "scv", "--start", "pte_read"], "name=value"),
+        (["calibrate", "--from-host", "{not_json}"], "JSON"),
+        (["calibrate", "--from-host", "/nonexistent/r.json"], "r.json"),
+        (["calibrate", "--from-host", "{not_json}", "--table", "{bad_csv}"], "either"),
+        (["whatif", "--fork-mem", "0"], "0"),
+        (["whatif", "--cpus", "0"], "0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], word: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit status 2 and one line on stderr naming the problem."""
+    files = {
+        "bad_csv": "a,b\n1,2\n",
+        "bad_number": "cpus,before_opt_pct\n1,oops\n",
+        "not_json": "{{{",
+    }
+    args = []
+    for a in argv:
+        if a.startswith("{") and a[1:-1] in files:
+            p = tmp_path / a[1:-1]
+            p.write_text(files[a[1:-1]])
+            a = str(p)
+        args.append(a)
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("ptesim: error: ")
+    assert word.lower() in err[0].lower(), err[0]
