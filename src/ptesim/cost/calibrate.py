@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from ptesim.cost.contention import MAX_SCV
 from ptesim.cost.model import Work, change, iteration_time
 from ptesim.cost.profile import Profile, resolve_parameter
 from ptesim.errors import UsageError
@@ -143,6 +144,10 @@ def evaluate(
     ]
 
 
+#: Upper bounds of parameters whose range is limited (the solver's largest gamma scv).
+UPPER = {"shared.scv": MAX_SCV}
+
+
 def default_starts(n: int) -> list[list[float]]:
     """Multipliers of the initial values: the values themselves, then each parameter x1/4 and x4."""
     out = [[1.0] * n]
@@ -196,15 +201,25 @@ def fit(
         p = with_x(x)
         return np.array([_residual(c, m) for c, m in zip(train, predict(train, p), strict=True)])
 
+    upper = np.array([math.log(UPPER.get(k, 1e12)) for k in keys])
+    lower = np.full(len(keys), math.log(1e-9))
     best = None
     tried = 0
     for mult in starts if starts is not None else default_starts(len(keys)):
         if len(mult) != len(keys):
             raise ValueError("each start needs one multiplier per parameter")
-        x0 = base + np.log(np.asarray(mult, dtype=float))
+        x0 = np.clip(base + np.log(np.asarray(mult, dtype=float)), lower + 1e-9, upper - 1e-9)
         try:
-            res = least_squares(residuals, x0, method="trf", max_nfev=max_nfev, xtol=1e-10, ftol=1e-10)
-        except (ValueError, FloatingPointError, OverflowError, ZeroDivisionError):
+            res = least_squares(
+                residuals,
+                x0,
+                method="trf",
+                bounds=(lower, upper),
+                max_nfev=max_nfev,
+                xtol=1e-10,
+                ftol=1e-10,
+            )
+        except (ValueError, FloatingPointError, OverflowError, ZeroDivisionError, UsageError):
             continue
         tried += 1
         if best is None or res.cost < best.cost:

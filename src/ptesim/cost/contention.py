@@ -128,10 +128,6 @@ class Solution:
         return self.throughput_per_ns * 1e9
 
 
-#: Kept for callers that used the earlier name.
-MvaResult = Solution
-
-
 def _check_cpus(cpus: int) -> None:
     if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
         raise UsageError(f"CPU count must be a positive integer (got {cpus!r})")
