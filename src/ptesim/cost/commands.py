@@ -458,6 +458,7 @@ def _command_line(args: argparse.Namespace) -> str:
         ("--fit", args.fit),
         ("--holdout", args.holdout),
         ("--holdout-sizes", args.holdout_sizes),
+        ("--statistic", None if args.statistic == "median" else args.statistic),
     ):
         if val:
             parts += [opt, str(val)]
@@ -486,7 +487,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             )
         start = _apply_start(profile, args.start)
         sizes = [s for s in args.holdout_sizes.split(",") if s.strip()]
-        res = fit_host(args.from_host, start, names, holdout_sizes=sizes, command=command)
+        res = fit_host(
+            args.from_host, start, names, holdout_sizes=sizes, statistic=args.statistic, command=command
+        )
         _print_fit(res, "%", args.json)
     else:
         if args.holdout_sizes:
@@ -657,6 +660,12 @@ def register(sub: Any) -> None:
         "--from-host", metavar="JSON", help="fit per-PTE/per-batch costs to 'ptesim host <op> --json'"
     )
     p.add_argument("--holdout-sizes", default="", help="with --from-host: folio sizes left out of the fit")
+    p.add_argument(
+        "--statistic",
+        default="median",
+        choices=("median", "min"),
+        help="with --from-host: fit the net median (default) or the fastest sample less the baseline",
+    )
     p.add_argument("--write", metavar="TOML", help="write the fitted profile")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_calibrate)

@@ -63,18 +63,30 @@ def read_host_results(path: str) -> dict[str, Any]:
     return doc
 
 
-def _measured(r: dict[str, Any]) -> float | None:
-    v = r.get("net_ms")
-    if v is None:
-        v = r.get("median_ms")
-    if v is None or r.get("skipped"):
+STATISTICS = ("median", "min")
+
+
+def _measured(r: dict[str, Any], statistic: str = "median") -> float | None:
+    """The operation's time on the buffer: ``net_ms`` (median less the measuring process's own
+    fork), or with ``statistic="min"`` the fastest sample less the same baseline -- the better
+    estimate of the uncontended cost when other work shares the machine."""
+    if r.get("skipped"):
         return None
-    if not isinstance(v, int | float) or v <= 0:
+    if statistic == "min":
+        lo, base = r.get("min_ms"), r.get("baseline_ms") or 0.0
+        v = None if lo is None else float(lo) - float(base)
+    else:
+        v = r.get("net_ms")
+        if v is None:
+            v = r.get("median_ms")
+    if v is None or not isinstance(v, int | float) or v <= 0:
         return None
     return float(v)
 
 
-def host_cells(doc: dict[str, Any], profile: Profile, path: str = "") -> list[LatencyCell]:
+def host_cells(
+    doc: dict[str, Any], profile: Profile, path: str = "", statistic: str = "median"
+) -> list[LatencyCell]:
     """One :class:`LatencyCell` per timed size, with the model's counts for that size."""
     arch = MODEL_ARCH.get(str(doc["arch"]), str(doc["arch"]))
     if arch != profile.arch:
@@ -86,7 +98,7 @@ def host_cells(doc: dict[str, Any], profile: Profile, path: str = "") -> list[La
     for r in doc["results"]:
         if not isinstance(r, dict) or "size" not in r:
             raise UsageError(f"{path}: every result needs a 'size'")
-        ms = _measured(r)
+        ms = _measured(r, statistic)
         if ms is not None:
             timed.append((str(r["size"]), ms))
     if not timed:
@@ -105,11 +117,14 @@ def fit_host(
     names: Sequence[str] = (),
     *,
     holdout_sizes: Sequence[str] = (),
+    statistic: str = "median",
     command: str = "",
 ) -> FitResult:
     """Fit ``names`` (default: the per-PTE and per-batch costs) to a host run's timings."""
+    if statistic not in STATISTICS:
+        raise UsageError(f"--statistic must be one of {', '.join(STATISTICS)} (got {statistic!r})")
     doc = read_host_results(path)
-    cells = host_cells(doc, profile, path)
+    cells = host_cells(doc, profile, path, statistic)
     held = {s.strip().upper() for s in holdout_sizes if s.strip()}
     known = {c.label.split()[1].upper() for c in cells}
     unknown = sorted(held - known)
@@ -118,9 +133,10 @@ def fit_host(
             f"--holdout-sizes: {unknown[0]} was not timed in {path} (timed: {', '.join(sorted(known))})"
         )
     fit_names = list(names) or list(DEFAULT_FIT[doc["op"]])
+    stat = "net median" if statistic == "median" else "fastest sample less the baseline"
     source = (
-        f"host {doc['op']} timings, {Path(path).name} (kernel {doc.get('kernel', '?')}, "
-        f"{doc['mem'] // (1 << 20)} MiB, sizes {', '.join(sorted(known - held))})"
+        f"host {doc['op']} timings ({stat}), {Path(path).name} (kernel {doc.get('kernel', '?')}, "
+        f"{doc['mem'] // (1 << 20)} MiB, sizes {', '.join(sorted(known - held, key=parse_size))})"
     )
     if command:
         source += f", {command}"
