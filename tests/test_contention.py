@@ -28,13 +28,13 @@ def _agree(net: ClosedNetwork, tol: float, visits: int = 60000) -> None:
 
 def test_exponential_service_with_stretch_matches_simulation_within_2pct() -> None:
     """Exponential service (MVA exact), sync stretched by busy CPUs up to the cap: within 2%."""
-    _agree(ClosedNetwork(scv=1.0, **SEED_LIKE), 0.02)  # type: ignore[arg-type]
+    _agree(ClosedNetwork(scv=1.0, **SEED_LIKE), 0.02)
 
 
 @pytest.mark.parametrize("scv", [0.5, 4.0])
 def test_gamma_service_with_stretch_matches_simulation_within_5pct(scv: float) -> None:
     """Gamma service (finite-source solution), same stretch: within 5% from 1 to 64 CPUs."""
-    _agree(ClosedNetwork(scv=scv, **SEED_LIKE), 0.05, visits=25000)  # type: ignore[arg-type]
+    _agree(ClosedNetwork(scv=scv, **SEED_LIKE), 0.05, visits=25000)
 
 
 @pytest.mark.parametrize("scv", [0.0, 0.5, 1.0, 2.0, 4.0, 20.0])
@@ -55,7 +55,7 @@ def test_finite_source_reduces_to_mva_for_exponential_and_is_ordered_in_scv(scv:
 
 def test_quadrature_is_converged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gamma average over 64 nodes equals the one over 256 nodes to 1e-6."""
-    net = ClosedNetwork(scv=4.0, **SEED_LIKE)  # type: ignore[arg-type]
+    net = ClosedNetwork(scv=4.0, **SEED_LIKE)
     coarse = [finite_source(net, n).throughput_per_ns for n in CPUS]
     monkeypatch.setattr(ct, "QUAD_NODES", 256)
     ct._gamma_rule.cache_clear()

@@ -128,7 +128,9 @@ def _reproduce(args: argparse.Namespace) -> int:
             out["provenance"] = {k: profile.provenance[k] for k in rep.parameters}
             out["decomposition"] = [
                 {"variant": label, "cpus": cpus, "change_pct": round(ch.change_pct, 3), **_decomp_dict(ch)}
-                for (label, cpus), ch in sorted(rep.changes.items())
+                for (label, cpus), ch in sorted(
+                    rep.changes.items(), key=lambda kv: (kv[0][0] != "before_opt", kv[0][1])
+                )
             ]
             if held:
                 out["heldout_fit"] = {
@@ -180,7 +182,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         "queueing = the DVM sync stretched by the other busy CPUs + waiting behind their syncs."
     )
     drows = []
-    for (label, cpus), ch in sorted(rep.changes.items()):
+    for (label, cpus), ch in sorted(rep.changes.items(), key=lambda kv: (kv[0][0] != "before_opt", kv[0][1])):
         drows.append(
             [
                 label.replace("_", " "),
