@@ -601,6 +601,14 @@ def _whatif(args: argparse.Namespace) -> int:
             table,
         )
     )
+    print("\nCalibrated values (all others assumed; each profile's [provenance] says why):")
+    seen: set[str] = set()
+    for r in rows:
+        if r.profile.name in seen:
+            continue
+        seen.add(r.profile.name)
+        cal = [k for k in r.profile.parameters() if r.profile.is_calibrated(k)]
+        print(f"  {r.profile.name}: {', '.join(cal) if cal else 'none'}")
     print(
         "\nbefore -> after: each preset without -> with the core fork/zap batching: arm64 v6.9 "
         "(+bbml2_aware with BBML2), riscv v6.9-svnapot, x86-64 v6.9; 'seed kernels' is the seed's "
