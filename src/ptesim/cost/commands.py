@@ -106,12 +106,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise UsageError(f"reproduce: unknown table {args.what!r} (known: seed)")
     profile = _profile(args.profile, "arm64")
     mem = format_size(parse_size(args.mem, what="--mem"))
-    rep = reproduce(profile, heldout=not args.no_heldout, mem=mem)
+    rep = reproduce(profile, heldout=not args.no_heldout, mem=mem, curve=bool(args.plot))
     held = rep.heldout
     if args.plot:
         from ptesim.report.plots import seed_plot
 
-        seed_plot(rep.rows, Path(args.plot))
+        seed_plot(rep.rows, Path(args.plot), rep.curves)
     if args.json:
         out: dict[str, Any] = {
             "rows": rep.rows,

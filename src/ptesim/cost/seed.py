@@ -103,9 +103,19 @@ class SeedReport:
     max_abs_error_pp: float
     heldout: FitResult | None
     parameters: dict[str, float]
+    curves: dict[str, list[tuple[int, float]]]  # label -> (cpus, model %) at every CPU count
 
 
-def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM) -> SeedReport:
+def curves(work: dict[str, WisWork], profile: Profile, max_cpus: int) -> dict[str, list[tuple[int, float]]]:
+    """The model's change at every CPU count from 1 to ``max_cpus`` (for plots)."""
+    base = work["baseline"].steady
+    return {
+        label: [(n, change(work[label].steady, base, profile, n).change_pct) for n in range(1, max_cpus + 1)]
+        for label in VARIANTS
+    }
+
+
+def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM, curve: bool = False) -> SeedReport:
     work = seed_work(profile, mem=mem)
     cells = seed_cells(work)
     res = evaluate(cells, profile)
@@ -132,4 +142,5 @@ def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM) -> Seed
         max_abs_error_pp=max(abs(r.error) for r in res),
         heldout=held,
         parameters={k: params[k] for k in shown},
+        curves=curves(work, profile, max(r.cpus for r in published())) if curve else {},
     )

@@ -11,13 +11,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def seed_plot(rows: Sequence[Mapping[str, float]], path: Path) -> None:
-    """Published points and model curves of the seed table against CPUs."""
+def seed_plot(
+    rows: Sequence[Mapping[str, float]],
+    path: Path,
+    curves: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+) -> None:
+    """Published points and model curves of the seed table against CPUs.  ``curves`` maps
+    ``before_opt``/``after_opt`` to the model at every CPU count; without it the model is drawn
+    through the table's CPU counts."""
     cpus = [r["cpus"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, color in (("before", "before opt", "tab:red"), ("after", "after opt", "tab:blue")):
         ax.plot(cpus, [r[f"published_{key}"] for r in rows], "o", color=color, label=f"{label} (published)")
-        ax.plot(cpus, [r[f"model_{key}"] for r in rows], "-", color=color, label=f"{label} (model)")
+        curve = (curves or {}).get(f"{key}_opt")
+        if curve:
+            ax.plot([c for c, _ in curve], [v for _, v in curve], "-", color=color, label=f"{label} (model)")
+        else:
+            ax.plot(cpus, [r[f"model_{key}"] for r in rows], "-", color=color, label=f"{label} (model)")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("CPUs (will-it-scale workers)")
     ax.set_ylabel("change in iterations/s vs baseline (%)")
