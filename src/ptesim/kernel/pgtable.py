@@ -153,6 +153,13 @@ def ptep_load(ptep: Ptep) -> int:
     return ptep.table.entries[ptep.idx]
 
 
+def ptep_load_block(ptep: Ptep, nr: int) -> list[int]:
+    """``nr`` consecutive ``READ_ONCE`` loads from ``ptep``: ``nr`` counted PTE reads, recorded at
+    once (the contpte gather loop is the model's hottest path)."""
+    emit("pte_read", nr, mm=ptep.table.mm)
+    return ptep.table.entries[ptep.idx : ptep.idx + nr]
+
+
 def ptep_store(ptep: Ptep, pte: int) -> None:
     """``WRITE_ONCE(*ptep, pte)``: one counted PTE store."""
     emit("pte_write", mm=ptep.table.mm)

@@ -72,6 +72,10 @@ class ContPteArch(Arch):
         """``__ptep_get``: one READ_ONCE."""
         raise NotImplementedError
 
+    def raw_ptep_get_block(self, ptep: Ptep, nr: int) -> list[int]:
+        """``nr`` consecutive ``__ptep_get`` loads (same counts as a loop of :meth:`raw_ptep_get`)."""
+        return [self.raw_ptep_get(ptep + i) for i in range(nr)]
+
     def raw_set_ptes(self, mm: MmStruct, addr: int, ptep: Ptep, pte: int, nr: int) -> None:
         """``__set_ptes``: ``nr`` stores, PFN advanced each time."""
         raise NotImplementedError
@@ -455,15 +459,21 @@ def contpte_ptep_get(arch: ContPteArch, ptep: Ptep, orig: int) -> int:
     (``contpte_get_early_exit``) stop once both have been seen."""
     n = arch.contpte_nr
     p = ptep.align_down(n)
-    early = arch.cfg.contpte_get_early_exit
-    for i in range(n):
-        pte = arch.raw_ptep_get(p + i)
+    if arch.cfg.contpte_get_early_exit:
+        for i in range(n):
+            pte = arch.raw_ptep_get(p + i)
+            if arch.pte_dirty(pte):
+                orig = arch.pte_mkdirty(orig)
+            if arch.pte_young(pte):
+                orig = arch.pte_mkyoung(orig)
+            if arch.pte_dirty(orig) and arch.pte_young(orig):
+                break
+        return orig
+    for pte in arch.raw_ptep_get_block(p, n):
         if arch.pte_dirty(pte):
             orig = arch.pte_mkdirty(orig)
         if arch.pte_young(pte):
             orig = arch.pte_mkyoung(orig)
-        if early and arch.pte_dirty(orig) and arch.pte_young(orig):
-            break
     return orig
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from ptesim.arch.arm64.contpte import ContPteArch, kname
-from ptesim.kernel.pgtable import Ptep, ptep_cmpxchg, ptep_load, ptep_store, ptep_xchg
+from ptesim.kernel.pgtable import Ptep, ptep_cmpxchg, ptep_load, ptep_load_block, ptep_store, ptep_xchg
 
 if TYPE_CHECKING:
     from ptesim.kernel.mm import MmStruct, Vma
@@ -196,6 +196,9 @@ class Arm64Pgtable(ContPteArch):
     def raw_ptep_get(self, ptep: Ptep) -> int:
         """__ptep_get: READ_ONCE(*ptep)."""
         return ptep_load(ptep)
+
+    def raw_ptep_get_block(self, ptep: Ptep, nr: int) -> list[int]:
+        return ptep_load_block(ptep, nr)
 
     def raw_set_ptes(self, mm: MmStruct, addr: int, ptep: Ptep, pte: int, nr: int) -> None:
         """__set_ptes (v6.9): for user entries no barrier; one store per entry, PFN advanced.
