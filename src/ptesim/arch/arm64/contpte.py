@@ -19,7 +19,7 @@ primitive and every TLBI through the arch's flush functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ptesim.arch.base import Arch
@@ -509,6 +509,28 @@ def _cont_addr_end(arch: ContPteArch, addr: int, end: int) -> int:
     return min(nxt, end)
 
 
+def _cont_chunks(
+    arch: ContPteArch, addr: int, ptep: Ptep, pte: int, nr: int
+) -> Iterator[tuple[int, Ptep, int, int]]:
+    """The ``pte_cont_addr_end`` walk of contpte_set_ptes: split ``nr`` entries mapping consecutive
+    PFNs at block boundaries and yield (addr, ptep, n, entry) per chunk, the entry carrying the
+    contiguous hint iff the chunk is a whole block aligned in both VA and PA."""
+    size = arch.contpte_nr * arch.page_size
+    end = addr + nr * arch.page_size
+    pfn = arch.pte_pfn(pte)
+    prot = arch.pte_pgprot(pte)
+    while addr != end:
+        nxt = _cont_addr_end(arch, addr, end)
+        n = (nxt - addr) >> arch.page_shift
+        chunk = arch.pfn_pte(pfn, prot)
+        if ((addr | nxt | (pfn << arch.page_shift)) & (size - 1)) == 0:
+            chunk = arch.pte_mkcont(chunk)
+        else:
+            chunk = arch.pte_mknoncont(chunk)
+        yield addr, ptep, n, chunk
+        addr, ptep, pfn = nxt, ptep + n, pfn + n
+
+
 @kfunc
 def contpte_set_ptes(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep, pte: int, nr: int) -> None:
     """v6.9: per block-sized chunk, CONT iff the chunk is a whole VA- and PA-aligned block.  No reads,
@@ -517,22 +539,8 @@ def contpte_set_ptes(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep, pte
     if not mm_is_user(mm):
         arch.raw_set_ptes(mm, addr, ptep, pte, nr)
         return
-    size = arch.contpte_nr * arch.page_size
-    end = addr + nr * arch.page_size
-    pfn = arch.pte_pfn(pte)
-    prot = arch.pte_pgprot(pte)
-    while True:
-        nxt = _cont_addr_end(arch, addr, end)
-        n = (nxt - addr) >> arch.page_shift
-        pte = arch.pfn_pte(pfn, prot)
-        if ((addr | nxt | (pfn << arch.page_shift)) & (size - 1)) == 0:
-            pte = arch.pte_mkcont(pte)
-        else:
-            pte = arch.pte_mknoncont(pte)
-        arch.raw_set_ptes(mm, addr, ptep, pte, n)
-        addr, ptep, pfn = nxt, ptep + n, pfn + n
-        if addr == end:
-            return
+    for a, p, n, chunk in _cont_chunks(arch, addr, ptep, pte, nr):
+        arch.raw_set_ptes(mm, a, p, chunk, n)
 
 
 def ptep_any_valid(arch: ContPteArch, ptep: Ptep, nr: int) -> bool:
@@ -555,27 +563,13 @@ def contpte_set_ptes_v1(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep, 
     """contpte v1 #11 / v2 #12 form: partial chunks unfold first; then read the target and, if it
     was CONT or (for a CONT chunk) any target is valid, clear and flush the range; then store.
     For a fresh child table: 1 + 16 reads per block, no flush."""
-    size = arch.contpte_nr * arch.page_size
-    end = addr + nr * arch.page_size
-    pfn = arch.pte_pfn(pte)
-    prot = arch.pte_pgprot(pte)
-    while True:
-        nxt = _cont_addr_end(arch, addr, end)
-        n = (nxt - addr) >> arch.page_shift
-        pte = arch.pfn_pte(pfn, prot)
-        if ((addr | nxt | (pfn << arch.page_shift)) & (size - 1)) == 0:
-            pte = arch.pte_mkcont(pte)
-        else:
-            pte = arch.pte_mknoncont(pte)
+    for a, p, n, chunk in _cont_chunks(arch, addr, ptep, pte, nr):
         if n != arch.contpte_nr:
-            contpte_try_unfold(arch, mm, addr, ptep, arch.raw_ptep_get(ptep))
-        orig = arch.raw_ptep_get(ptep)
-        if arch.pte_valid_cont(orig) or (arch.pte_cont(pte) and ptep_any_valid(arch, ptep, n)):
-            ptep_clear_flush_range(arch, mm, addr, ptep, n)
-        arch.raw_set_ptes(mm, addr, ptep, pte, n)
-        addr, ptep, pfn = nxt, ptep + n, pfn + n
-        if addr == end:
-            return
+            contpte_try_unfold(arch, mm, a, p, arch.raw_ptep_get(p))
+        orig = arch.raw_ptep_get(p)
+        if arch.pte_valid_cont(orig) or (arch.pte_cont(chunk) and ptep_any_valid(arch, p, n)):
+            ptep_clear_flush_range(arch, mm, a, p, n)
+        arch.raw_set_ptes(mm, a, p, chunk, n)
 
 
 @kfunc
