@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ptesim.errors import UsageError
+from ptesim.workloads.scenarios import ModelSpec
 
 PhaseCounts = dict[str, Counter[str]]
 
@@ -36,6 +37,19 @@ class RunSpec:
     cpu_features: frozenset[str] | None = None
     overrides: tuple[tuple[str, str], ...] = ()
     placement: str = "malloc"
+
+    def model_spec(self) -> ModelSpec:
+        """The model machine and mapping this run uses."""
+        return ModelSpec(
+            arch=self.arch,
+            preset=self.preset,
+            folio=self.folio,
+            mem=self.mem,
+            granule=self.granule,
+            cpu_features=self.cpu_features,
+            overrides=dict(self.overrides),
+            placement=self.placement,
+        )
 
     @property
     def weight(self) -> int:
@@ -87,28 +101,9 @@ def execute(spec: RunSpec) -> RunResult:
     from ptesim.workloads import counts
 
     if spec.workload == "wis":
-        wc = counts.wis_counts(
-            spec.arch,
-            spec.preset,
-            folio=spec.folio,
-            mem=spec.mem,
-            granule=spec.granule,
-            cpu_features=spec.cpu_features,
-            overrides=dict(spec.overrides),
-            placement=spec.placement,
-        )
+        wc = counts.run_wis(spec.model_spec())
         return RunResult(wc.first, wc.steady)
-    by_phase = counts.latency_counts(
-        spec.workload,
-        spec.arch,
-        spec.preset,
-        folio=spec.folio,
-        mem=spec.mem,
-        granule=spec.granule,
-        cpu_features=spec.cpu_features,
-        overrides=dict(spec.overrides),
-    )
-    return RunResult(by_phase, None)
+    return RunResult(counts.run_latency(spec.workload, spec.model_spec()), None)
 
 
 _CACHE: dict[RunSpec, RunResult] = {}

@@ -26,28 +26,6 @@ class WisCounts:
     blocks: float
 
 
-def _spec(
-    arch: str,
-    preset: str,
-    folio: int,
-    mem: int,
-    granule: int,
-    cpu_features: frozenset[str] | None,
-    overrides: Mapping[str, object] | None,
-    placement: str,
-) -> ModelSpec:
-    return ModelSpec(
-        arch=arch,
-        preset=preset,
-        folio=folio,
-        mem=mem,
-        granule=granule,
-        cpu_features=cpu_features,
-        overrides={k: str(v) for k, v in (overrides or {}).items()},
-        placement=placement,
-    )
-
-
 def wis_counts(
     arch: str,
     preset: str,
@@ -60,7 +38,11 @@ def wis_counts(
     placement: str = "malloc",
 ) -> WisCounts:
     """Run two iterations of fork / child exit on the model and return their counts."""
-    spec = _spec(arch, preset, folio, mem, granule, cpu_features, overrides, placement)
+    return run_wis(_model_spec(arch, preset, folio, mem, granule, cpu_features, overrides, placement))
+
+
+def run_wis(spec: ModelSpec) -> WisCounts:
+    """:func:`wis_counts` for a machine already described by a :class:`ModelSpec`."""
     k = spec.build()
     t, _ = map_and_populate(k, spec, via="fault")
     out: list[PhaseCounts] = []
@@ -93,9 +75,35 @@ def latency_counts(
     overrides: Mapping[str, object] | None = None,
 ) -> PhaseCounts:
     """Counts of one single-process operation over a populated mapping, by phase."""
+    return run_latency(op, _model_spec(arch, preset, folio, mem, granule, cpu_features, overrides, "aligned"))
+
+
+def run_latency(op: str, spec: ModelSpec) -> PhaseCounts:
+    """:func:`latency_counts` for a machine already described by a :class:`ModelSpec`."""
     if op not in LATENCY_OPS:
         raise UsageError(f"unknown latency operation {op!r}; known: {', '.join(LATENCY_OPS)}")
-    spec = _spec(arch, preset, folio, mem, granule, cpu_features, overrides, "aligned")
     k = spec.build()
     SCENARIOS[LATENCY_OPS[op]][0](k, spec)
     return {p: Counter(c) for p, c in k.sink.by_phase().items()}
+
+
+def _model_spec(
+    arch: str,
+    preset: str,
+    folio: int,
+    mem: int,
+    granule: int,
+    cpu_features: frozenset[str] | None,
+    overrides: Mapping[str, object] | None,
+    placement: str,
+) -> ModelSpec:
+    return ModelSpec(
+        arch=arch,
+        preset=preset,
+        folio=folio,
+        mem=mem,
+        granule=granule,
+        cpu_features=cpu_features,
+        overrides={k: str(v) for k, v in (overrides or {}).items()},
+        placement=placement,
+    )
