@@ -198,7 +198,8 @@ def copy_present_page(
     rss[MM_ANONPAGES] += 1
     pte = arch.pfn_pte(new.pfn, dst_vma.page_prot)
     pte = arch.maybe_mkwrite(arch.pte_mkdirty(pte), dst_vma)
-    if userfaultfd_wp(dst_vma) and arch.pte_uffd_wp(src_pte.peek()):
+    src = arch.ptep_get(src_pte)  # userfaultfd_pte_wp(dst_vma, ptep_get(src_pte))
+    if userfaultfd_wp(dst_vma) and arch.pte_uffd_wp(src):
         pte = arch.pte_mkuffd_wp(pte)
     arch.set_pte_at(dst_vma.mm, addr, dst_pte, pte)
     return 0, None

@@ -306,7 +306,7 @@ def pin_user_page(mm: MmStruct, vma: Vma, addr: int) -> None:
     arch = mm.kernel.arch
     for _ in range(3):
         ptep = mm.pte_offset(addr)
-        pte = ptep.peek() if ptep is not None else 0
+        pte = arch.ptep_get(ptep) if ptep is not None else 0  # follow_page_pte()
         if ptep is not None and arch.pte_present(pte) and arch.pte_write(pte):
             break
         pmd = mm.pmd_entry(addr)
