@@ -306,6 +306,7 @@ _add(
     bbml2_aware=True,
     local_wp_flush=True,
     contpte_get_early_exit=True,
+    default_cpu_features=frozenset({"bbml2"}),
 )
 _add(
     "v6.9-svnapot",
