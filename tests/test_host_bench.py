@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from host_helpers import runner_processes
 from ptesim import cli
 from ptesim.host import bench
 from ptesim.host.sysfs import (
@@ -57,18 +58,6 @@ def knobs_unchanged() -> Iterator[dict[str, str]]:
     assert not [
         line for line in Path("/proc/self/mounts").read_text().splitlines() if str(state_dir()) in line
     ]
-
-
-def runner_processes() -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if b"ptesim.host.runner" in (p / "cmdline").read_bytes():
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

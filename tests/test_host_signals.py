@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from host_helpers import runner_processes
 from ptesim.host.sysfs import STATE_FILE_NAME, ThpSysfs, quiescent_settings, state_dir
 
 THP = Path("/sys/kernel/mm/transparent_hugepage")
@@ -32,18 +33,6 @@ def ptesim(*argv: str, new_session: bool = False) -> subprocess.Popen[str]:
         text=True,
         start_new_session=new_session,
     )
-
-
-def runner_processes() -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if b"ptesim.host.runner" in (p / "cmdline").read_bytes():
-                    out.append(int(p.name))
-            except OSError:
-                pass
-    return out
 
 
 def wait_until_measuring(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
