@@ -54,31 +54,6 @@ def work_of(spec: RunSpec) -> WisWork:
     return WisWork(first=Work(merge_phases(res.first)), steady=Work(merge_phases(res.steady)))
 
 
-def wis_work(
-    arch: str,
-    preset: str,
-    *,
-    folio: int,
-    mem: int,
-    granule: int = 4096,
-    cpu_features: Iterable[str] | None = None,
-    overrides: Mapping[str, object] | None = None,
-) -> WisWork:
-    """Run the model's will-it-scale iteration and return the counted work, first and steady.
-    ``cpu_features=None`` keeps the preset's default CPU features."""
-    return work_of(
-        wis_spec(
-            arch,
-            preset,
-            folio=folio,
-            mem=mem,
-            granule=granule,
-            cpu_features=cpu_features,
-            overrides=overrides,
-        )
-    )
-
-
 @dataclass(frozen=True)
 class WisRow:
     cpus: int
