@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -199,6 +199,23 @@ def _num(where: str, value: object) -> float:
     return v
 
 
+def _numbers(
+    where: str, section: str, raw: object, keys: Iterable[str], unknown_hint: str = ""
+) -> dict[str, float]:
+    """A table of exactly ``keys``, each a valid number: unknown and missing keys are errors."""
+    table = _table(f"{where} [{section}]", raw)
+    wanted = list(keys)
+    for k in table:
+        if k not in wanted:
+            raise UsageError(f"{where}: unknown key {section}.{k}{unknown_hint}")
+    out: dict[str, float] = {}
+    for k in wanted:
+        if k not in table:
+            raise UsageError(f"{where}: missing {section}.{k}")
+        out[k] = _num(f"{where}: {section}.{k}", table[k])
+    return out
+
+
 def _table(where: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{where}: expected a table")
@@ -242,25 +259,8 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
     if unknown:
         raise UsageError(f"{where}: unknown CPU feature {unknown[0]!r} for {prof['arch']}")
 
-    local_t = _table(f"{where} [local_ns]", data["local_ns"])
-    for k in local_t:
-        if k not in PRIMITIVES:
-            raise UsageError(f"{where}: unknown key local_ns.{k} (not a primitive of ptesim.events)")
-    local: dict[str, float] = {}
-    for k in PRIMITIVES:
-        if k not in local_t:
-            raise UsageError(f"{where}: missing local_ns.{k}")
-        local[k] = _num(f"{where}: local_ns.{k}", local_t[k])
-
-    proc_t = _table(f"{where} [process_ns]", data["process_ns"])
-    for k in proc_t:
-        if k not in _PROCESS_KEYS:
-            raise UsageError(f"{where}: unknown key process_ns.{k}")
-    process: dict[str, float] = {}
-    for k in _PROCESS_KEYS:
-        if k not in proc_t:
-            raise UsageError(f"{where}: missing process_ns.{k}")
-        process[k] = _num(f"{where}: process_ns.{k}", proc_t[k])
+    local = _numbers(where, "local_ns", data["local_ns"], PRIMITIVES, " (not a primitive of ptesim.events)")
+    process = _numbers(where, "process_ns", data["process_ns"], _PROCESS_KEYS)
 
     sh = _table(f"{where} [shared]", data["shared"])
     for k in sh:
