@@ -1,15 +1,49 @@
-"""Shared fixtures: model machines with every invariant checked after each operation."""
+"""Shared fixtures: model machines with every invariant checked after each operation.
+
+Host tests (marker ``host``) run on the real kernel of this machine and write its transparent
+huge page settings through sysfs.  They are opt-in: plain ``pytest`` skips them unless
+``PTESIM_HOST_TESTS=1`` is set, and without it any write to the real sysfs from a test fails it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 
+from ptesim.host.sysfs import THP_ROOT, ThpSysfs
 from ptesim.kernel.core import Kernel
 
 KiB = 1024
 MiB = 1 << 20
+
+HOST_TESTS = os.environ.get("PTESIM_HOST_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every ``host`` test unless ``PTESIM_HOST_TESTS=1``."""
+    if HOST_TESTS:
+        return
+    skip = pytest.mark.skip(reason="host test: changes this machine's THP settings; set PTESIM_HOST_TESTS=1")
+    for item in items:
+        if item.get_closest_marker("host") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_sysfs_writes_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``PTESIM_HOST_TESTS=1`` a test that writes the real THP sysfs fails instead."""
+    if HOST_TESTS:
+        return
+    real_write = ThpSysfs.write
+
+    def guarded(self: ThpSysfs, name: str, value: str) -> None:
+        if self.root == THP_ROOT:
+            pytest.fail(f"wrote {THP_ROOT}/{name} without PTESIM_HOST_TESTS=1 (mark the test 'host')")
+        real_write(self, name, value)
+
+    monkeypatch.setattr(ThpSysfs, "write", guarded)
 
 
 @pytest.fixture
