@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
-from scipy.optimize import least_squares
+from typing import TYPE_CHECKING
 
 from ptesim.cost.contention import MAX_SCV
 from ptesim.cost.model import Work, change, iteration_time
 from ptesim.cost.profile import Profile, resolve_parameter
 from ptesim.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,9 @@ def fit(
     of the fit and reported apart.  The fit runs from each of ``starts`` (multipliers of the current
     values; :func:`default_starts` by default) and keeps the best.  ``source`` is written into the
     provenance of every fitted value."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
     if not names:
         raise UsageError("calibrate: name at least one parameter to fit (--fit a,b,...)")
     params = profile.parameters()

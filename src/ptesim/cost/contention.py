@@ -52,12 +52,12 @@ import random
 from collections.abc import Generator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
-from scipy.special import gammaln, roots_genlaguerre
+from typing import TYPE_CHECKING, Any
 
 from ptesim.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Quadrature nodes for the gamma service density (checked against 4x as many in the tests).
 QUAD_NODES = 64
@@ -170,6 +170,9 @@ def mva(net: ClosedNetwork, cpus: int) -> Solution:
 @lru_cache(maxsize=64)
 def _gamma_rule(scv: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes (in units of the mean) and weights of a gamma(mean 1, ``scv``) expectation."""
+    import numpy as np
+    from scipy.special import gammaln, roots_genlaguerre
+
     if scv == 0.0:
         return np.array([1.0]), np.array([1.0])
     shape = 1.0 / scv
@@ -180,6 +183,9 @@ def _gamma_rule(scv: float) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=256)
 def _log_binom(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``log C(m, k)`` for 0 <= k <= m < n (``-inf`` above the diagonal), and the m, k grids."""
+    import numpy as np
+    from scipy.special import gammaln
+
     m = np.arange(n)[:, None].astype(float)
     k = np.arange(n)[None, :].astype(float)
     with np.errstate(invalid="ignore"):
@@ -191,6 +197,8 @@ def _log_binom(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _arrivals(n: int, t_over_z: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``a[m, k]`` = P(k of m working CPUs arrive during one service), averaged over the service
     density given by quadrature nodes ``t / z`` and weights."""
+    import numpy as np
+
     lc, m, k = _log_binom(n)
     log_p = np.log(-np.expm1(-t_over_z))[:, None, None]  # log(1 - e^{-t/z})
     log_q = (-t_over_z)[:, None, None]  # log(e^{-t/z})
@@ -210,6 +218,8 @@ def finite_source(net: ClosedNetwork, cpus: int) -> Solution:
     ``j - 1 + A`` with ``A ~ Binomial(N - j, p(t))`` averaged over the service density.  From the
     stationary distribution ``pi`` of that chain, the mean time between departures is
     ``s + pi_0 z / N`` (after leaving the station empty it idles until the first of N arrivals)."""
+    import numpy as np
+
     _check_cpus(cpus)
     triv = _trivial(net, cpus)
     if triv is not None:

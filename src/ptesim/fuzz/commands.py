@@ -7,13 +7,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptesim.arch import ARCHES, CPU_FEATURES
 from ptesim.errors import UsageError
-from ptesim.fuzz.machine import FuzzResult, classify, fuzz
 from ptesim.fuzz.program import Program, Target
 from ptesim.kernel.config import PRESETS
+
+if TYPE_CHECKING:
+    from ptesim.fuzz.machine import FuzzResult
 
 GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
 
@@ -68,6 +70,8 @@ def _print_violation(res: FuzzResult) -> None:
 
 
 def cmd_fuzz(a: argparse.Namespace) -> int:
+    from ptesim.fuzz.machine import fuzz
+
     if a.replay is not None:
         return _replay(a)
     target = target_from_args(a)
@@ -102,6 +106,8 @@ def cmd_fuzz(a: argparse.Namespace) -> int:
 
 
 def _replay(a: argparse.Namespace) -> int:
+    from ptesim.fuzz.machine import classify
+
     path = Path(a.replay)
     try:
         data = json.loads(path.read_text())
@@ -136,6 +142,7 @@ def _replay(a: argparse.Namespace) -> int:
 
 
 def cmd_mutants(a: argparse.Namespace) -> int:
+    from ptesim.fuzz.machine import fuzz
     from ptesim.mutants import MUTANTS, mutant
 
     budget = _int(a.budget, "--budget", 1, 100_000)
