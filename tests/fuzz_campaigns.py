@@ -52,7 +52,7 @@ CAMPAIGNS = [
     Campaign(Target("arm64", "contpte-v1-before-opt"), 30),
     Campaign(Target("arm64", "contpte-v1-after-opt"), 30),
     Campaign(Target("arm64", "contpte-basic"), 20),
-    Campaign(Target("arm64", "v6.16-bbml2"), 20),
+    Campaign(Target("arm64", "v6.17", features=("bbml2",)), 20),
     Campaign(Target("arm64", "v6.9", granule=16384), 10),
     Campaign(Target("arm64", "v6.9", granule=65536), 10),
     # riscv: 500 programs

@@ -71,7 +71,7 @@ def test_partial_block_unfolds_once() -> None:
 
 def test_bbml2_elides_convert_flush() -> None:
     """With BBML2_NOABORT every contpte_convert drops its TLBI range and both DSBs."""
-    k, t, a = setup("v6.16-bbml2")
+    k, t, a = setup("v6.17", cpu_features=frozenset({"bbml2"}))
     t.madvise(a + 8 * 4096, MiB - 8 * 4096, "hugepage")
     k.sink.reset()
     t.fork(1)

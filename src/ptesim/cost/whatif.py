@@ -16,7 +16,7 @@ off (``fork_batch=none``, ``zap_batch=n``, no batch hints -- what the v6.8 core 
 ``copy_present_pte`` per PTE, one ``set_ptes(nr=1)`` per child entry):
 
 * arm64: ``v6.9`` (PTE_CONT with the batched contpte API and automatic fold); with BBML2 also
-  ``bbml2_aware=y`` (``contpte_convert`` elides its break-before-make flush, ~v6.16).  Without
+  ``bbml2_aware=y`` (``contpte_convert`` elides its break-before-make flush, v6.17).  Without
   batching the child's blocks are folded from ``set_ptes(nr=1)`` on their last entry -- the seed's
   TLBI storm in its mainline form.  One extra row prices the seed's own pair
   (``contpte-v1-before-opt`` -> ``contpte-v1-after-opt``), on which ``altra`` was calibrated.

@@ -45,7 +45,7 @@ class KernelConfig:
         False,
         "folio_pte_batch clamps max_nr to the folio's remaining PFNs, so it never reads the PTE after "
         "the folio (no 'probe' read).",
-        "'mm: fix folio_pte_batch() on XEN PV' / Fixes: f8d937761d65 (~v6.15, Cc stable)",
+        "'mm: fix folio_pte_batch() on XEN PV' / Fixes: f8d937761d65 (approximately v6.15, Cc stable)",
     )
     fpb_batch_hint: bool = _flag(
         True,
@@ -64,8 +64,10 @@ class KernelConfig:
     )
     wp_reuse_large: bool = _flag(
         False,
-        "do_wp_page may reuse an exclusively owned large anonymous folio instead of copying.",
-        "'mm: reuse large folios on write faults' (post-v6.9; version approximate)",
+        "do_wp_page may reuse an exclusively owned large anonymous folio instead of copying (one PTE "
+        "at a time: the folio is reused when this mm owns it and maps every reference).",
+        "David Hildenbrand, 'MM owner tracking for large folios (+ CONFIG_NO_PAGE_MAPCOUNT)', patch "
+        "'mm: COW reuse support for PTE-mapped THP with CONFIG_MM_ID' (LKML 20250303163014.1128035-1, v6.15)",
     )
 
     # ---- contiguous-PTE layer (arm64 arch/arm64/mm/contpte.c; riscv what-if) -------------------
@@ -120,7 +122,8 @@ class KernelConfig:
     contpte_get_early_exit: bool = _flag(
         False,
         "contpte_ptep_get stops reading once both dirty and young have been seen.",
-        "'arm64/mm: contpte_ptep_get early exit' (linux-mm tree, ~v6.17)",
+        "Xavier Xia, 093ae7a033cf 'arm64/mm: Optimize loop to reduce redundant operations of "
+        "contpte_ptep_get' (arm64 pull for v6.17)",
     )
     contpte_access_flags_flush: bool = _flag(
         True,
@@ -130,14 +133,15 @@ class KernelConfig:
     bbml2_aware: bool = _flag(
         False,
         "contpte_convert skips its break-before-make TLB flush when the CPU has BBML2_NOABORT.",
-        "arm64 'contpte: elide TLBI on systems with BBML2_NOABORT' (~v6.16)",
+        "Mikołaj Lenczewski, 83bbd6be7d17 'arm64/mm: Elide tlbi in contpte_convert() under BBML2' "
+        "(LKML 20250625113435.26849-5; arm64 pull for v6.17)",
     )
     local_wp_flush: bool = _flag(
         False,
         "Write-fault reuse and spurious-fault fixups flush the local TLB only (local_flush_tlb_page, "
         "local_flush_tlb_contpte) instead of broadcasting.",
-        "Huang Ying, 'arm64, tlbflush: don't TLBI broadcast if page reused in write fault' "
-        "(LKML 20251104095516.7912-3)",
+        "Huang Ying, cb1fa2e99955 'arm64, tlbflush: don't TLBI broadcast if page reused in write "
+        "fault' (LKML 20251104095516.7912-3 / v6 20251114085403.101552-3; v6.19)",
     )
 
     #: CPU features a preset implies unless the command line says otherwise.
@@ -277,36 +281,39 @@ _add(
 )
 _add(
     "v6.11",
-    "v6.9 + _large_mapcount on large folios.",
+    "v6.9 + _large_mapcount on large folios ('mm: track mapcount of large folios in single value').",
     contpte=True,
     large_mapcount=True,
 )
+_V6_15: dict[str, Any] = dict(contpte=True, large_mapcount=True, fpb_clamp_max_nr=True, wp_reuse_large=True)
 _add(
     "v6.15",
-    "v6.11 + folio_pte_batch clamps max_nr to the folio (no probe read past the folio).",
-    contpte=True,
-    large_mapcount=True,
-    fpb_clamp_max_nr=True,
+    "v6.11 + MM owner tracking: a write fault reuses an exclusively owned PTE-mapped large folio "
+    "(20250303163014.1128035-1); folio_pte_batch clamps max_nr to the folio, no probe read past it "
+    "('mm: fix folio_pte_batch() on XEN PV', approximately v6.15).  x86: INVLPGB broadcast "
+    "invalidation (Rik van Riel, tip x86/core for v6.15).",
+    **_V6_15,
 )
 _add(
-    "v6.16-bbml2",
-    "v6.15 + contpte_convert elides its TLB flush on CPUs with BBML2_NOABORT (CPU feature bbml2 implied).",
-    contpte=True,
-    large_mapcount=True,
-    fpb_clamp_max_nr=True,
-    bbml2_aware=True,
-    default_cpu_features=frozenset({"bbml2"}),
+    "v6.16",
+    "v6.15: no change in the paths the model counts (the mprotect/mremap batching, the BBML2 "
+    "contpte_convert TLBI elision and the contpte_ptep_get loop change were all merged for v6.17).",
+    **_V6_15,
 )
+_V6_17: dict[str, Any] = dict(_V6_15, bbml2_aware=True, contpte_get_early_exit=True)
 _add(
-    "v7.0-local-wp",
-    "v6.16-bbml2 + local TLB flushes for write-fault reuse (Nov 2025); early-exit contpte gather.",
-    contpte=True,
-    large_mapcount=True,
-    fpb_clamp_max_nr=True,
-    bbml2_aware=True,
-    local_wp_flush=True,
-    contpte_get_early_exit=True,
-    default_cpu_features=frozenset({"bbml2"}),
+    "v6.17",
+    "v6.16 + arm64: contpte_convert elides its TLBI on BBML2_NOABORT CPUs (83bbd6be7d17; needs "
+    "CPU feature bbml2), contpte_ptep_get stops once dirty and young are seen (093ae7a033cf).  "
+    "folio_pte_batch()/folio_pte_batch_flags() split with FPB_RESPECT_* flags (no count change in "
+    "the model).",
+    **_V6_17,
+)
+_V6_19: dict[str, Any] = dict(_V6_17, local_wp_flush=True)
+_add(
+    "v6.19",
+    "v6.17 + arm64: write-fault reuse and spurious-fault fixups flush the local TLB only (cb1fa2e99955).",
+    **_V6_19,
 )
 _add(
     "v6.9-svnapot",

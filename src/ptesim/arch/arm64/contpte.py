@@ -396,8 +396,8 @@ def contpte_convert(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep, pte:
     """Break-before-make repaint of a whole block with ``pte``'s protections (CONT set to fold, clear
     to unfold): clear every entry gathering dirty/young, invalidate the block, write it again.
 
-    Called ``contpte_fold(..., bool fold)`` in v1/v2.  ~v6.16 ("elide TLBI on systems with
-    BBML2_NOABORT") skips the invalidation when the CPU supports BBML2_NOABORT.
+    Called ``contpte_fold(..., bool fold)`` in v1/v2.  v6.17 (83bbd6be7d17 "arm64/mm: Elide tlbi in
+    contpte_convert() under BBML2") skips the invalidation when the CPU supports BBML2_NOABORT.
     """
     n = arch.contpte_nr
     size = n * arch.page_size
@@ -455,8 +455,8 @@ def __contpte_try_unfold(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep,
 
 @kfunc
 def contpte_ptep_get(arch: ContPteArch, ptep: Ptep, orig: int) -> int:
-    """Gather dirty/young from every entry of the block (16 reads).  With the ~v6.17 early exit
-    (``contpte_get_early_exit``) stop once both have been seen."""
+    """Gather dirty/young from every entry of the block (16 reads).  With the v6.17 early exit
+    (093ae7a033cf, ``contpte_get_early_exit``) stop once both have been seen."""
     n = arch.contpte_nr
     p = ptep.align_down(n)
     if arch.cfg.contpte_get_early_exit:
@@ -643,7 +643,7 @@ def contpte_ptep_set_access_flags(
     arch: ContPteArch, vma: Vma, addr: int, ptep: Ptep, entry: int, dirty: bool
 ) -> bool:
     """AF/dirty only: update all entries, then (if dirty) one flush of the block (v1 lacked it,
-    ``contpte_access_flags_flush``; Nov-2025 ``local_wp_flush``: a local flush).  A write-bit
+    ``contpte_access_flags_flush``; v6.19 ``local_wp_flush``: a local flush).  A write-bit
     change: unfold, then the single entry."""
     n = arch.contpte_nr
     orig = arch.pte_mknoncont(arch.ptep_get(ptep))

@@ -239,7 +239,7 @@ class Arm64Pgtable(ContPteArch):
     @kname("__ptep_set_access_flags")
     def raw_ptep_set_access_flags(self, vma: Vma, addr: int, ptep: Ptep, entry: int, dirty: bool) -> bool:
         """arch/arm64/mm/fault.c: OR in AF/DIRTY/WRITE and take the most permissive RDONLY, atomically;
-        if ``dirty`` invalidate the stale read-only entry (broadcast; Nov-2025 ``local_wp_flush``:
+        if ``dirty`` invalidate the stale read-only entry (broadcast; v6.19 ``local_wp_flush``:
         this CPU only)."""
         pte = ptep_load(ptep)
         if self.pte_same(pte, entry):

@@ -165,7 +165,7 @@ class Arm64TlbFlush(Arm64Pgtable):
             self.local_flush_tlb_page(vma, addr)
 
     def convert_flushes(self) -> bool:
-        """~v6.16: contpte_convert elides the flush when system_supports_bbml2_noabort()."""
+        """v6.17 (83bbd6be7d17): contpte_convert elides the flush when system_supports_bbml2_noabort()."""
         return not (self.cfg.bbml2_aware and "bbml2" in self.features)
 
     @kfunc
