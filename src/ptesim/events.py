@@ -108,6 +108,7 @@ PHASES = (
     "munmap",
     "madvise",
     "mprotect",
+    "mremap",
     "fault",
     "access",
 )

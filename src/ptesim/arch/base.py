@@ -318,6 +318,34 @@ class Arch:
     def ptep_modify_prot_commit(self, vma: Vma, addr: int, ptep: Ptep, old: int, pte: int) -> None:
         self.set_pte_at(vma.mm, addr, ptep, pte)
 
+    @kfunc
+    def modify_prot_start_ptes(self, vma: Vma, addr: int, ptep: Ptep, nr: int) -> int:
+        """include/linux/pgtable.h (v6.17, 0aa3657df3ec / LKML 20250718090244.21092-4): a loop of
+        ptep_modify_prot_start, gathering young and dirty into the first entry."""
+        pte = self.ptep_modify_prot_start(vma, addr, ptep)
+        for i in range(1, nr):
+            tmp = self.ptep_modify_prot_start(vma, addr + i * self.page_size, ptep + i)
+            if self.pte_dirty(tmp):
+                pte = self.pte_mkdirty(pte)
+            if self.pte_young(tmp):
+                pte = self.pte_mkyoung(pte)
+        return pte
+
+    @kfunc
+    def modify_prot_commit_ptes(self, vma: Vma, addr: int, ptep: Ptep, old: int, pte: int, nr: int) -> None:
+        """include/linux/pgtable.h (v6.17): a loop of ptep_modify_prot_commit, advancing the PFN."""
+        for i in range(nr):
+            self.ptep_modify_prot_commit(vma, addr + i * self.page_size, ptep + i, old, pte)
+            old = self.pte_advance_pfn(old, 1)
+            pte = self.pte_advance_pfn(pte, 1)
+
+    def pte_needs_flush(self, oldpte: int, newpte: int) -> bool:
+        """include/asm-generic/tlb.h: without an arch definition every changed PTE is flushed."""
+        return True
+
+    def pte_mksoft_dirty(self, pte: int) -> int:
+        return pte | self.SOFT_DIRTY
+
     # ---- PMD leaves (PMD-mapped THP); same bit layout as PTEs ---------------------------------
     def pmdp_get(self, pmdp: Pmdp) -> int:
         emit("pmd_read")

@@ -75,6 +75,20 @@ class X86(Arch):
             ptep_store(ptep, entry)
         return changed
 
+    def pte_needs_flush(self, oldpte: int, newpte: int) -> bool:
+        """arch/x86/include/asm/tlbflush.h (c9fe66560bf2 'mm/mprotect: do not flush when not
+        required architecturally', v6.0): a non-present old entry is never cached; a new PFN, a
+        cleared DIRTY/PRESENT, or any change of RW/USER/NX needs a flush; software bits and the
+        accessed bit do not."""
+        if not oldpte & self.PRESENT:
+            return False
+        if self.pte_pfn(oldpte) != self.pte_pfn(newpte):
+            return True
+        diff = (oldpte ^ newpte) & ~(self.SPECIAL | self.UFFD_WP | self.SOFT_DIRTY | self.YOUNG)
+        if diff & oldpte & (self.DIRTY | self.PRESENT):
+            return True
+        return bool(diff & (self.WRITE | self.USER | self.NOEXEC))
+
     def flush_tlb_fix_spurious_fault(self, vma: Vma, addr: int) -> None:
         """A faulting translation is never left in the TLB on x86: nothing to do."""
 

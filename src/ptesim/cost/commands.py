@@ -648,7 +648,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_wis)
 
     p = add("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
-    p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages or cow")
+    p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages, cow, mprotect or mremap")
     p.add_argument("--arch", default=None, help="default: the profile's arch")
     p.add_argument("--profile", default="altra")
     p.add_argument("--preset", default=None, help="default: the profile's preset")

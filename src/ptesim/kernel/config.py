@@ -70,6 +70,21 @@ class KernelConfig:
         "'mm: COW reuse support for PTE-mapped THP with CONFIG_MM_ID' (LKML 20250303163014.1128035-1, v6.15)",
     )
 
+    mprotect_batch: bool = _flag(
+        False,
+        "change_pte_range batches the PTEs of one large folio (mprotect_folio_pte_batch with "
+        "FPB_RESPECT_SOFT_DIRTY | FPB_RESPECT_WRITE, modify_prot_start_ptes / modify_prot_commit_ptes, "
+        "one tlb_flush_pte_range per batch; AnonExclusive sub-batches when making PTEs writable).",
+        "Dev Jain, cac1db8c3aad 'mm: optimize mprotect() by PTE batching' (LKML "
+        "20250718090244.21092-7, series 20250718090244.21092-1; v6.17)",
+    )
+    mremap_batch: bool = _flag(
+        False,
+        "move_ptes moves the PTEs of one large folio at once (mremap_folio_pte_batch, "
+        "get_and_clear_full_ptes, set_ptes) instead of ptep_get_and_clear + set_pte_at per PTE.",
+        "Dev Jain, f822a9a81a31 'mm: optimize mremap() by PTE batching' (LKML 20250610035043.75448-3; v6.17)",
+    )
+
     # ---- contiguous-PTE layer (arm64 arch/arm64/mm/contpte.c; riscv what-if) -------------------
     contpte: bool = _flag(
         False,
@@ -129,6 +144,22 @@ class KernelConfig:
         True,
         "contpte_ptep_set_access_flags flushes the block when it sets dirty on all 16 entries.",
         "contpte v2 changelog: 'fixed missing TLBIs in contpte_ptep_set_access_flags()' (v1 lacked it)",
+    )
+    contpte_modify_prot: bool = _flag(
+        False,
+        "arm64 overrides modify_prot_start_ptes with get_and_clear_full_ptes and "
+        "modify_prot_commit_ptes with set_ptes, so a batched mprotect of whole contpte blocks clears "
+        "and rewrites them in place (no unfold, no fold).  Without it the generic per-PTE loops run.",
+        "Dev Jain, 7efa1cd5f89b 'arm64: add batched versions of ptep_modify_prot_start/commit' (LKML "
+        "20250718090244.21092-8; v6.17)",
+    )
+    arm64_pte_needs_flush: bool = _flag(
+        False,
+        "arm64 implements pte_needs_flush(): no TLB flush after change_pte_range when the old entry "
+        "was invalid or only software bits changed (e.g. PROT_NONE -> PROT_READ|PROT_WRITE).  "
+        "Without it arm64 flushes every changed PTE; x86 has its own pte_needs_flush() in every preset.",
+        "Dev Jain, c320dbb7c80d 'arm64/mm: Elide TLB flush in certain pte protection transitions' "
+        "(LKML 20251017160251.96717-1; v6.19)",
     )
     bbml2_aware: bool = _flag(
         False,
@@ -300,16 +331,25 @@ _add(
     "contpte_convert TLBI elision and the contpte_ptep_get loop change were all merged for v6.17).",
     **_V6_15,
 )
-_V6_17: dict[str, Any] = dict(_V6_15, bbml2_aware=True, contpte_get_early_exit=True)
+_V6_17: dict[str, Any] = dict(
+    _V6_15,
+    bbml2_aware=True,
+    contpte_get_early_exit=True,
+    mprotect_batch=True,
+    contpte_modify_prot=True,
+    mremap_batch=True,
+)
 _add(
     "v6.17",
-    "v6.16 + arm64: contpte_convert elides its TLBI on BBML2_NOABORT CPUs (83bbd6be7d17; needs "
-    "CPU feature bbml2), contpte_ptep_get stops once dirty and young are seen (093ae7a033cf).  "
+    "v6.16 + mprotect and mremap batch the PTEs of a large folio (cac1db8c3aad, f822a9a81a31; on "
+    "arm64 whole contpte blocks are cleared and rewritten in place, 7efa1cd5f89b).  arm64: "
+    "contpte_convert elides its TLBI on BBML2_NOABORT CPUs (83bbd6be7d17; needs CPU feature "
+    "bbml2), contpte_ptep_get stops once dirty and young are seen (093ae7a033cf).  "
     "folio_pte_batch()/folio_pte_batch_flags() split with FPB_RESPECT_* flags (no count change in "
     "the model).",
     **_V6_17,
 )
-_V6_19: dict[str, Any] = dict(_V6_17, local_wp_flush=True)
+_V6_19: dict[str, Any] = dict(_V6_17, local_wp_flush=True, arm64_pte_needs_flush=True)
 _add(
     "v6.19",
     "v6.17 + arm64: write-fault reuse and spurious-fault fixups flush the local TLB only (cb1fa2e99955).",

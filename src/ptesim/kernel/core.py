@@ -163,6 +163,14 @@ class Task:
         with self.kernel.operation(self, "mprotect"):
             mprotect(self.mm, addr, length, prot)
 
+    def mremap(self, addr: int, length: int, new_addr: int) -> int:
+        """mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr)."""
+        from ptesim.kernel.mmap import mremap
+
+        self._live()
+        with self.kernel.operation(self, "mremap"):
+            return mremap(self.mm, addr, length, new_addr)
+
     def madvise(self, addr: int, length: int, advice: str) -> None:
         from ptesim.kernel.mmap import madvise
 

@@ -49,6 +49,11 @@ EAGAIN = -11
 
 FPB_IGNORE_DIRTY = 1 << 0
 FPB_IGNORE_SOFT_DIRTY = 1 << 1
+#: v6.17 (57fae936b40c 'mm: introduce FPB_RESPECT_WRITE for PTE batching infrastructure'): the
+#: batch also stops where the write bit differs (before, folio_pte_batch ignored it and reported
+#: any_writable).  v6.17 spells dirty/soft-dirty the other way round (FPB_RESPECT_DIRTY /
+#: FPB_RESPECT_SOFT_DIRTY); the model keeps the v6.9 FPB_IGNORE_* names for those two.
+FPB_RESPECT_WRITE = 1 << 2
 
 
 def vm_normal_page(vma: Vma, addr: int, pte: int) -> tuple[Folio, int] | None:
@@ -400,7 +405,8 @@ def _fpb_clear_ignored(arch: Arch, pte: int, flags: int) -> int:
         pte = arch.pte_mkclean(pte)
     if flags & FPB_IGNORE_SOFT_DIRTY:
         pte = arch.pte_clear_soft_dirty(pte)
-    return arch.pte_wrprotect(arch.pte_mkold(pte))
+    pte = arch.pte_mkold(pte)
+    return pte if flags & FPB_RESPECT_WRITE else arch.pte_wrprotect(pte)
 
 
 @kfunc

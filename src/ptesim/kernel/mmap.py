@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ptesim.arch.base import Pmdp
 from ptesim.errors import UsageError
-from ptesim.events import kfunc
+from ptesim.events import emit, kfunc
 from ptesim.kernel.memory import (
     free_pgtables,
     handle_mm_fault,
@@ -33,6 +36,11 @@ from ptesim.kernel.mm import (
     vm_area_dup,
 )
 from ptesim.kernel.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
+from ptesim.kernel.pgtable import PteTable
+
+if TYPE_CHECKING:
+    from ptesim.kernel.folio import Folio
+    from ptesim.kernel.pgtable import Ptep, UpperTable
 
 MMAP_BASE = 0x7F00_0000_0000
 
@@ -279,22 +287,290 @@ def change_protection(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
 
 @kfunc
 def change_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> None:
+    """mm/mprotect.c.  Per PTE (<= v6.16): ptep_modify_prot_start / pte_modify / commit, and a
+    tlb_flush_pte_range when pte_needs_flush() (c9fe66560bf2, v6.0).  ``cfg.mprotect_batch``
+    (cac1db8c3aad, v6.17): one batch per large folio through modify_prot_{start,commit}_ptes."""
     mm = vma.mm
     arch = mm.kernel.arch
+    batch = mm.kernel.cfg.mprotect_batch
     ptep = mm.pte_offset(addr)
     assert ptep is not None
     try_writable = bool(vma.flags & VM_WRITE)
     while addr < end:
+        nr = 1
         oldpte = arch.ptep_get(ptep)
         if arch.pte_present(oldpte):
-            oldpte = arch.ptep_modify_prot_start(vma, addr, ptep)
-            ptent = arch.pte_modify(oldpte, vma.page_prot)
-            if try_writable and not arch.pte_write(ptent) and can_change_pte_writable(vma, addr, ptent):
-                ptent = arch.pte_mkwrite(ptent)
-            arch.ptep_modify_prot_commit(vma, addr, ptep, oldpte, ptent)
-            tlb.tlb_flush_pte_range(addr, arch.page_size)
-        ptep = ptep + 1
-        addr += arch.page_size
+            if batch:
+                nr = change_present_ptes(tlb, vma, addr, ptep, oldpte, (end - addr) >> arch.page_shift)
+            else:
+                oldpte = arch.ptep_modify_prot_start(vma, addr, ptep)
+                ptent = arch.pte_modify(oldpte, vma.page_prot)
+                if try_writable and not arch.pte_write(ptent) and can_change_pte_writable(vma, addr, ptent):
+                    ptent = arch.pte_mkwrite(ptent)
+                arch.ptep_modify_prot_commit(vma, addr, ptep, oldpte, ptent)
+                if arch.pte_needs_flush(oldpte, ptent):
+                    tlb.tlb_flush_pte_range(addr, arch.page_size)
+        ptep = ptep + nr
+        addr += nr * arch.page_size
+
+
+def change_present_ptes(tlb: MmuGather, vma: Vma, addr: int, ptep: Ptep, oldpte: int, max_nr: int) -> int:
+    """The v6.17 body of change_pte_range for one present PTE and the rest of its folio batch;
+    returns the batch length."""
+    mm = vma.mm
+    arch = mm.kernel.arch
+    hit = vm_normal_page(vma, addr, oldpte)
+    folio = hit[0] if hit is not None else None
+    nr = mprotect_folio_pte_batch(vma, folio, addr, ptep, oldpte, max_nr)
+    oldpte = arch.modify_prot_start_ptes(vma, addr, ptep, nr)
+    ptent = arch.pte_modify(oldpte, vma.page_prot)
+    if vma.flags & VM_WRITE and not arch.pte_write(ptent):
+        set_write_prot_commit_flush_ptes(tlb, vma, hit, addr, ptep, oldpte, ptent, nr)
+    else:
+        prot_commit_flush_ptes(tlb, vma, addr, ptep, oldpte, ptent, nr, 0, False)
+    return nr
+
+
+def mprotect_folio_pte_batch(
+    vma: Vma, folio: Folio | None, addr: int, ptep: Ptep, pte: int, max_nr: int
+) -> int:
+    """mm/mprotect.c (v6.17): batch a large folio with FPB_RESPECT_SOFT_DIRTY | FPB_RESPECT_WRITE
+    (dirty and young may differ)."""
+    from ptesim.kernel.memory import FPB_IGNORE_DIRTY, FPB_RESPECT_WRITE, folio_pte_batch
+
+    if folio is None or not folio.large:
+        return 1
+    kernel = vma.mm.kernel
+    nr, _ = folio_pte_batch(
+        kernel.arch, kernel.cfg, folio, addr, ptep, pte, max_nr, FPB_IGNORE_DIRTY | FPB_RESPECT_WRITE
+    )
+    return nr
+
+
+@kfunc
+def prot_commit_flush_ptes(
+    tlb: MmuGather,
+    vma: Vma,
+    addr: int,
+    ptep: Ptep,
+    oldpte: int,
+    ptent: int,
+    nr: int,
+    idx: int,
+    set_write: bool,
+) -> None:
+    """Commit ``nr`` entries from position ``idx`` of the batch and queue one flush for them."""
+    arch = vma.mm.kernel.arch
+    addr += idx * arch.page_size
+    ptep = ptep + idx
+    oldpte = arch.pte_advance_pfn(oldpte, idx)
+    ptent = arch.pte_advance_pfn(ptent, idx)
+    if set_write:
+        ptent = arch.pte_mkwrite(ptent)
+    arch.modify_prot_commit_ptes(vma, addr, ptep, oldpte, ptent, nr)
+    if arch.pte_needs_flush(oldpte, ptent):
+        tlb.tlb_flush_pte_range(addr, nr * arch.page_size)
+
+
+def set_write_prot_commit_flush_ptes(
+    tlb: MmuGather,
+    vma: Vma,
+    hit: tuple[Folio, int] | None,
+    addr: int,
+    ptep: Ptep,
+    oldpte: int,
+    ptent: int,
+    nr: int,
+) -> None:
+    """Shared mappings: writable if dirty; private ones: maybe_change_pte_writable and, per run of
+    pages with the same PageAnonExclusive, writable only if exclusive (commit_anon_folio_batch)."""
+    arch = vma.mm.kernel.arch
+    if vma.flags & VM_SHARED:
+        set_write = maybe_change_pte_writable(vma, ptent) and arch.pte_dirty(ptent)
+        prot_commit_flush_ptes(tlb, vma, addr, ptep, oldpte, ptent, nr, 0, set_write)
+        return
+    if not (maybe_change_pte_writable(vma, ptent) and hit is not None and hit[0].anon):
+        prot_commit_flush_ptes(tlb, vma, addr, ptep, oldpte, ptent, nr, 0, False)
+        return
+    folio, page = hit
+    idx = 0
+    while idx < nr:
+        exclusive = folio.anon_exclusive[page + idx]
+        length = 1
+        while idx + length < nr and folio.anon_exclusive[page + idx + length] == exclusive:
+            length += 1
+        prot_commit_flush_ptes(tlb, vma, addr, ptep, oldpte, ptent, length, idx, exclusive)
+        idx += length
+
+
+def maybe_change_pte_writable(vma: Vma, pte: int) -> bool:
+    """mm/mprotect.c (v6.17, 45199f715b74): the VMA- and PTE-level half of can_change_pte_writable."""
+    arch = vma.mm.kernel.arch
+    if not vma.flags & VM_WRITE:
+        return False
+    if vma_soft_dirty_enabled(vma) and not arch.pte_soft_dirty(pte):
+        return False
+    return not arch.pte_uffd_wp(pte)
+
+
+# ---- mm/mremap.c ----------------------------------------------------------------------------
+
+
+@kfunc
+def mremap(mm: MmStruct, old_addr: int, length: int, new_addr: int) -> int:
+    """mremap(old_addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr): unmap whatever
+    is at the destination, copy_vma, move_page_tables, then unmap the (now empty) old range
+    (move_vma -> do_vmi_munmap, which walks and frees the old page tables).  The range must lie in
+    one VMA and not overlap the destination."""
+    page = mm.kernel.arch.page_size
+    if new_addr % page:
+        raise UsageError(f"mremap destination {new_addr:#x} is not page aligned")
+    old_end = _check_range(mm, old_addr, length)
+    if new_addr < old_end and old_addr < new_addr + length:
+        raise UsageError("mremap source and destination overlap")
+    vma = mm.find_vma(old_addr)
+    if vma is None or not (vma.start <= old_addr and old_end <= vma.end):
+        raise UsageError(f"mremap range {old_addr:#x}+{length:#x} is not inside one mapping")
+    do_vmi_munmap(mm, new_addr, length)
+    (vma,) = _isolate(mm, old_addr, old_end)
+    new_vma = copy_vma(vma, new_addr)
+    move_page_tables(vma, old_addr, new_vma, new_addr, length)
+    do_vmi_munmap(mm, old_addr, length)
+    return new_addr
+
+
+def copy_vma(vma: Vma, new_addr: int) -> Vma:
+    """mm/vma.c : copy_vma(): the same flags, offset, anon_vma and file at ``new_addr``."""
+    new = vm_area_dup(vma)
+    new.end = new_addr + (vma.end - vma.start)
+    new.start = new_addr
+    vma.mm.vmas.append(new)
+    vma.mm.sort_vmas()
+    return new
+
+
+@kfunc
+def move_page_tables(vma: Vma, old_addr: int, new_vma: Vma, new_addr: int, length: int) -> None:
+    """mm/mremap.c: per extent (up to the next PMD boundary of either address), move a whole PMD
+    (a PMD-mapped THP with move_huge_pmd, a PTE table with move_normal_pmd: HAVE_MOVE_PMD on x86,
+    arm64 and riscv) when both ends are PMD-aligned, else split a THP and move_ptes."""
+    from ptesim.kernel.huge_memory import __split_huge_pmd
+
+    mm = vma.mm
+    g = mm.kernel.arch.geometry
+    old_end = old_addr + length
+    while old_addr < old_end:
+        extent = min(
+            ((old_addr | (g.pmd_size - 1)) + 1) - old_addr,
+            ((new_addr | (g.pmd_size - 1)) + 1) - new_addr,
+            old_end - old_addr,
+        )
+        entry = mm.pmd_entry(old_addr)
+        if isinstance(entry, int):
+            if extent == g.pmd_size:
+                move_huge_pmd(vma, old_addr, new_addr)
+                entry = None
+            else:
+                __split_huge_pmd(vma, old_addr)
+                entry = mm.pmd_entry(old_addr)
+        elif (
+            isinstance(entry, PteTable) and extent == g.pmd_size and move_normal_pmd(vma, old_addr, new_addr)
+        ):
+            entry = None
+        if isinstance(entry, PteTable):
+            mm.pte_alloc(new_addr)
+            move_ptes(vma, old_addr, old_addr + extent, new_vma, new_addr)
+        old_addr += extent
+        new_addr += extent
+
+
+def _pmd_slot(mm: MmStruct, addr: int, alloc: bool) -> tuple[UpperTable, int]:
+    g = mm.kernel.arch.geometry
+    table = mm.pmd_table(addr, alloc)
+    assert table is not None
+    return table, g.index(g.levels - 2, addr)
+
+
+@kfunc
+def move_normal_pmd(vma: Vma, old_addr: int, new_addr: int) -> bool:
+    """Hand the whole PTE table over: read the new PMD (must be none) and the old one, clear the
+    old, populate the new, flush the old range (flush_tlb_range, under the PMD lock)."""
+    mm = vma.mm
+    g = mm.kernel.arch.geometry
+    new_tbl, new_idx = _pmd_slot(mm, new_addr, True)
+    emit("pmd_read", mm=mm)
+    if new_tbl.entries.get(new_idx) is not None:
+        return False
+    old_tbl, old_idx = _pmd_slot(mm, old_addr, False)
+    emit("pmd_read", mm=mm)
+    table = old_tbl.entries.pop(old_idx)
+    emit("pmd_write", mm=mm)
+    assert isinstance(table, PteTable)
+    table.base = new_addr & ~(g.pmd_size - 1)
+    new_tbl.entries[new_idx] = table
+    emit("pmd_write", mm=mm)
+    mm.kernel.arch.flush_tlb_range(vma, old_addr, old_addr + g.pmd_size)
+    return True
+
+
+@kfunc
+def move_huge_pmd(vma: Vma, old_addr: int, new_addr: int) -> None:
+    """mm/huge_memory.c: get-and-clear the old PMD leaf (its deposited table moves with it), set it
+    at the new address, flush the old PMD range."""
+    mm = vma.mm
+    arch = mm.kernel.arch
+    g = arch.geometry
+    old_tbl, old_idx = _pmd_slot(mm, old_addr, False)
+    new_tbl, new_idx = _pmd_slot(mm, new_addr, True)
+    pmd = arch.pmdp_huge_get_and_clear_full(mm, old_addr, Pmdp(old_tbl, old_idx), False)
+    pmd = arch.pte_mksoft_dirty(pmd)
+    arch.set_pmd_at(mm, new_addr, Pmdp(new_tbl, new_idx), pmd)
+    arch.flush_pmd_tlb_range(vma, old_addr, old_addr + g.pmd_size)
+
+
+@kfunc
+def move_ptes(vma: Vma, old_addr: int, old_end: int, new_vma: Vma, new_addr: int) -> None:
+    """mm/mremap.c : move_ptes().  Per PTE (<= v6.16): ptep_get, ptep_get_and_clear, set_pte_at.
+    ``cfg.mremap_batch`` (f822a9a81a31, v6.17): one batch per large folio with
+    get_and_clear_full_ptes + set_ptes.  Moving a present PTE forces one flush_tlb_range of the
+    old range before the PTL is dropped."""
+    from ptesim.kernel.memory import FPB_IGNORE_DIRTY, FPB_IGNORE_SOFT_DIRTY, folio_pte_batch
+
+    mm = vma.mm
+    kernel = mm.kernel
+    arch = kernel.arch
+    batch = kernel.cfg.mremap_batch
+    length = old_end - old_addr
+    old_ptep = mm.pte_offset(old_addr)
+    new_ptep = mm.pte_offset(new_addr)
+    assert old_ptep is not None and new_ptep is not None
+    force_flush = False
+    while old_addr < old_end:
+        nr = 1
+        old_pte = arch.ptep_get(old_ptep)
+        if not arch.pte_none(old_pte):
+            if arch.pte_present(old_pte):
+                force_flush = True
+                if batch and old_end - old_addr > arch.page_size:
+                    hit = vm_normal_page(vma, old_addr, old_pte)
+                    if hit is not None and hit[0].large:
+                        max_nr = (old_end - old_addr) >> arch.page_shift
+                        flags = FPB_IGNORE_DIRTY | FPB_IGNORE_SOFT_DIRTY
+                        nr, _ = folio_pte_batch(
+                            arch, kernel.cfg, hit[0], old_addr, old_ptep, old_pte, max_nr, flags
+                        )
+            if batch:
+                pte = arch.get_and_clear_full_ptes(mm, old_addr, old_ptep, nr, False)
+            else:
+                pte = arch.ptep_get_and_clear(mm, old_addr, old_ptep)
+            if arch.pte_present(pte):
+                pte = arch.pte_mksoft_dirty(pte)
+            arch.set_ptes(mm, new_addr, new_ptep, pte, nr)
+        old_ptep, new_ptep = old_ptep + nr, new_ptep + nr
+        old_addr += nr * arch.page_size
+        new_addr += nr * arch.page_size
+    if force_flush:
+        arch.flush_tlb_range(vma, old_end - length, old_end)
 
 
 @kfunc
@@ -343,6 +619,7 @@ __all__ = [
     "do_vmi_munmap",
     "madvise",
     "mprotect",
+    "mremap",
     "pin_user_page",
     "unmap_page_range",
 ]

@@ -60,6 +60,8 @@ LATENCY_OPS = {
     "dontneed": "dontneed",
     "dontneed-pages": "dontneed-pages",
     "cow": "cow-write",
+    "mprotect": "mprotect",
+    "mremap": "mremap",
 }
 
 

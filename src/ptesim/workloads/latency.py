@@ -1,4 +1,5 @@
-"""Single-process latency of fork, munmap, MADV_DONTNEED (whole and page by page) and a COW pass.
+"""Single-process latency of fork, munmap, MADV_DONTNEED (whole and page by page), a COW pass, an
+mprotect toggle (read-only, then read-write) and an mremap move (see ``docs/cost.md``).
 
 Counts come from :func:`ptesim.workloads.counts.latency_counts` (one process on an otherwise idle
 machine, a populated mapping of one folio size), through the run cache of :mod:`ptesim.cost.runs`.
@@ -18,7 +19,7 @@ from ptesim.cost.runs import RunSpec, result, run_spec
 from ptesim.errors import UsageError
 from ptesim.units import parse_size
 
-OPS = ("fork", "munmap", "dontneed", "dontneed-pages", "cow")
+OPS = ("fork", "munmap", "dontneed", "dontneed-pages", "cow", "mprotect", "mremap")
 
 
 def latency_spec(

@@ -193,9 +193,28 @@ def sc_cow_write(k: Kernel, spec: ModelSpec) -> None:
 
 
 def sc_mprotect(k: Kernel, spec: ModelSpec) -> None:
+    """One iteration of Dev Jain's mprotect benchmark (cover letter of 20250718090244.21092-1):
+    mprotect(PROT_READ) then mprotect(PROT_READ | PROT_WRITE) of the whole populated range."""
     t, addr = _populate(k, spec)
     k.sink.reset()
     t.mprotect(addr, spec.mem, "r")
+    t.mprotect(addr, spec.mem, "rw")
+
+
+def mremap_offset(k: Kernel) -> int:
+    """How far past the end of the mapping ``mremap`` moves it: one 64K block or one contiguous
+    block of the granule, whichever is larger, so that no PMD can be moved whole and every PTE is
+    moved (as in Dev Jain's 1M benchmark, 20250610035043.75448-1, where the range is smaller than
+    a PMD) while contpte blocks stay aligned."""
+    cont = getattr(k.arch, "contpte_nr", 1) * k.arch.page_size
+    return max(BLOCK, cont)
+
+
+def sc_mremap(k: Kernel, spec: ModelSpec) -> None:
+    """Move the populated range with MREMAP_MAYMOVE | MREMAP_FIXED to just past its end."""
+    t, addr = _populate(k, spec)
+    k.sink.reset()
+    t.mremap(addr, spec.mem, addr + spec.mem + mremap_offset(k))
 
 
 SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
@@ -207,7 +226,8 @@ SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
     "dontneed": (sc_dontneed, "MADV_DONTNEED the whole populated mapping"),
     "dontneed-pages": (sc_dontneed_pages, "MADV_DONTNEED the populated mapping one page at a time"),
     "cow-write": (sc_cow_write, "after fork, the child writes every page (COW faults)"),
-    "mprotect": (sc_mprotect, "mprotect the populated mapping read-only"),
+    "mprotect": (sc_mprotect, "mprotect the populated mapping read-only, then read-write again"),
+    "mremap": (sc_mremap, "mremap (move) the populated mapping to just past its end"),
 }
 
 
