@@ -21,7 +21,7 @@ ARCHES = ("x86", "arm64", "riscv")
 CPU_FEATURES: dict[str, dict[str, str]] = {
     "x86": {
         "pti": "page-table isolation: user and kernel PCIDs, each flush done for both",
-        "invlpgb": "AMD INVLPGB broadcast invalidation instead of IPIs (~v6.15+)",
+        "invlpgb": "AMD INVLPGB: broadcasts instead of IPIs for an mm active on 4+ CPUs (v6.15+)",
         "shstk": "user shadow stacks: ptep_set_wrprotect becomes read + cmpxchg (v6.6+)",
     },
     "arm64": {

@@ -1,9 +1,10 @@
-"""x86-64 (4-level, 4K pages): ``arch/x86/include/asm/pgtable.h``, ``arch/x86/mm/tlb.c`` (v6.9).
+"""x86-64 (4-level, 4K pages): ``arch/x86/include/asm/pgtable.h``, ``arch/x86/mm/tlb.c`` (v6.9; the
+v6.15 INVLPGB broadcast path with ``cfg.broadcast_tlb_flush`` and CPU feature ``invlpgb``).
 
 x86 has no contiguous-PTE hint, so fork and zap differ from the generic code only in their atomics:
 write-protect is one ``clear_bit(_PAGE_BIT_RW)`` and get-and-clear one ``xchg`` (a plain read and
 clear when the whole mm is being torn down).  Flushes are local INVLPG / CR3 reloads plus IPIs to the
-other CPUs in ``mm_cpumask``.
+other CPUs in ``mm_cpumask``, or, for an mm with a global ASID, INVLPGB broadcasts and a TLBSYNC.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class X86(Arch):
     UFFD_WP = 1 << 10  # _PAGE_BIT_SOFTW2
     SOFT_DIRTY = 1 << 11  # _PAGE_BIT_SOFTW3
     NOEXEC = 1 << 63  # _PAGE_BIT_NX
+    #: invlpgb_count_max = (CPUID 0x80000008 EDX[15:0]) + 1: pages one INVLPGB may cover.  Machine
+    #: dependent; 8 is ASSUMED (the model has no CPUID to read).
+    INVLPGB_COUNT_MAX = 8
     PFN_SHIFT = 12
     PFN_BITS = 40
 
@@ -97,29 +101,101 @@ class X86(Arch):
     def flush_tlb_mm_range(
         self, mm: MmStruct, start: int, end: int, stride_shift: int, freed_tables: bool
     ) -> None:
-        """arch/x86/mm/tlb.c: ranges beyond tlb_single_page_flush_ceiling become full flushes;
-        the local CPU flushes itself, every other CPU in mm_cpumask gets an IPI."""
+        """arch/x86/mm/tlb.c (v6.15): get_flush_tlb_info turns a range beyond
+        tlb_single_page_flush_ceiling into a full flush (4a02ed8e1cc3).  An mm with a global ASID
+        is flushed by broadcast_tlb_flush; otherwise, if another CPU is in mm_cpumask, the local CPU
+        flushes itself and every other CPU gets an IPI (flush_tlb_multi), after which
+        consider_global_asid may hand the mm a global ASID; a mm only on this CPU is flushed
+        locally (flush_tlb_func)."""
         full = end == TLB_FLUSH_ALL or ((end - start) >> stride_shift) > TLB_SINGLE_PAGE_FLUSH_CEILING
-        npages = 0 if full else (end - start) >> self.page_shift
-        cur = self.hw.current
-        others = sorted(c for c in mm.cpumask if c != cur)
-        vpn = start >> self.page_shift
-        twin = 2 if "pti" in self.features else 1
-        if "invlpgb" in self.features and others:
-            if full:
-                self.hw.tlbi("asid", broadcast=True, asid=mm.asid, mm=mm, count=twin)
-            else:
-                for i in range(npages):
-                    self.hw.tlbi("page", broadcast=True, asid=mm.asid, vpn=vpn + i, mm=mm, count=twin)
+        if full:
+            start, end = 0, TLB_FLUSH_ALL
+        if self._broadcast_tlb_flush() and mm.global_asid:
+            self.broadcast_tlb_flush(mm, start, end, stride_shift)
             return
+        cur = self.hw.current
+        if any(c != cur for c in mm.cpumask):
+            self.flush_tlb_multi(mm, start, end, full)
+            self.consider_global_asid(mm)
+        elif cur in mm.cpumask:
+            self.flush_tlb_func(
+                mm, full, start >> self.page_shift, self._npages(start, end, full), self._twin()
+            )
+
+    def _twin(self) -> int:
+        return 2 if "pti" in self.features else 1
+
+    def _npages(self, start: int, end: int, full: bool) -> int:
+        return 0 if full else (end - start) >> self.page_shift
+
+    def _broadcast_tlb_flush(self) -> bool:
+        """CONFIG_BROADCAST_TLB_FLUSH and X86_FEATURE_INVLPGB."""
+        return "invlpgb" in self.features and bool(getattr(self.cfg, "broadcast_tlb_flush", False))
+
+    @kfunc
+    def flush_tlb_multi(self, mm: MmStruct, start: int, end: int, full: bool) -> None:
+        """native_flush_tlb_multi: the local CPU (if it runs the mm) flushes itself, every other CPU
+        in mm_cpumask gets an IPI and flushes in flush_tlb_func."""
+        cur = self.hw.current
+        vpn, npages = start >> self.page_shift, self._npages(start, end, full)
         if cur in mm.cpumask:
-            self.flush_tlb_func(mm, full, vpn, npages, twin)
-        for c in others:
+            self.flush_tlb_func(mm, full, vpn, npages, self._twin())
+        for c in sorted(c for c in mm.cpumask if c != cur):
             self.hw.ipi(c, mm=mm)
             if full:
                 self.hw.remote_flush(c, "asid", mm.asid)
             else:
                 self.hw.remote_flush(c, "range", mm.asid, vpn, npages)
+            mm.asid_transition.discard(c)  # the IPI's flush_tlb_func moves it to the global ASID
+        mm.asid_transition.discard(cur)
+
+    def mm_active_cpus(self, mm: MmStruct) -> list[int]:
+        """CPUs in mm_cpumask whose loaded mm is ``mm`` (mm_active_cpus_exceeds; the model has no
+        lazy-TLB CPUs)."""
+        return [c for c in sorted(mm.cpumask) if self.hw.cpus[c].current_asid == mm.asid]
+
+    @kfunc
+    def consider_global_asid(self, mm: MmStruct) -> None:
+        """v6.15: hand out a global ASID when the mm is active on 4 or more CPUs
+        (mm_active_cpus_exceeds(mm, 3)).  The kernel samples this only when
+        (current->pid & 0x1f) == (jiffies & 0x1f); the model checks at every remote flush (the
+        steady state of a long-running multi-threaded process).  Until each of those CPUs
+        reloads its ASID it is in transition (finish_asid_transition)."""
+        if not self._broadcast_tlb_flush() or mm.global_asid:
+            return
+        active = self.mm_active_cpus(mm)
+        if len(active) > 3:
+            mm.global_asid = True
+            mm.asid_transition = set(active)
+
+    @kfunc
+    def broadcast_tlb_flush(self, mm: MmStruct, start: int, end: int, stride_shift: int) -> None:
+        """One INVLPGB for a whole PCID, or INVLPGBs of at most ``INVLPGB_COUNT_MAX`` strides each
+        over the range (each twice with PTI); IPIs to CPUs still on their old ASID
+        (finish_asid_transition); then one TLBSYNC."""
+        twin = self._twin()
+        if end == TLB_FLUSH_ALL:
+            self.hw.invlpgb(mm.asid, mm=mm, count=twin)
+        else:
+            addr = start
+            while addr < end:
+                nr = max(1, min((end - addr) >> stride_shift, self.INVLPGB_COUNT_MAX))
+                npages = (nr << stride_shift) >> self.page_shift
+                self.hw.invlpgb(mm.asid, vpn=addr >> self.page_shift, npages=npages, mm=mm, count=twin)
+                addr += nr << stride_shift
+        self.finish_asid_transition(mm, start, end)
+        self.hw.barrier("tlbsync", mm=mm)
+
+    @kfunc
+    def finish_asid_transition(self, mm: MmStruct, start: int, end: int) -> None:
+        """If a CPU running the mm has not switched to the global ASID yet, flush_tlb_multi (whose
+        IPIs make the stragglers switch); once none is left the transition is over."""
+        if not mm.asid_transition:
+            return
+        if any(c in mm.asid_transition for c in self.mm_active_cpus(mm)):
+            self.flush_tlb_multi(mm, start, end, end == TLB_FLUSH_ALL)
+        else:
+            mm.asid_transition.clear()
 
     @kfunc
     def flush_tlb_func(self, mm: MmStruct, full: bool, vpn: int, npages: int, twin: int) -> None:

@@ -14,7 +14,7 @@ Layout of a profile file::
                     (every primitive must be priced; the issue cost of a TLBI, the local part of a DSB)
     [process_ns]    fork, exit: fixed per-process costs (task/mm/VMA duplication, scheduling, waitpid)
     [shared]        the resource every broadcast invalidation goes through:
-                    resource ("dvm" | "ipi" | "sbi"), occupancy in ns per broadcast primitive
+                    resource ("dvm" | "ipi" | "sbi" | "invlpgb"), occupancy in ns per broadcast primitive
                     (service_ns table), scv (squared coefficient of variation of one visit's service
                     time), sync_per_active_cpu_ns (extra occupancy of each completion wait per other
                     CPU running a worker: a DSB ISH / IPI wait completes only when every CPU has
@@ -41,20 +41,23 @@ from ptesim.errors import UsageError
 from ptesim.events import PRIMITIVES
 
 ARCHES = ("arm64", "x86", "riscv")
-RESOURCES = ("dvm", "ipi", "sbi")
+RESOURCES = ("dvm", "ipi", "sbi", "invlpgb")
 #: Primitives that occupy the shared invalidation resource.
 SHARED_PRIMITIVES = (
     "tlbi_page_bcast",
     "tlbi_range_bcast",
     "tlbi_asid_bcast",
     "tlbi_all_bcast",
+    "invlpgb",
+    "invlpgb_pcid",
+    "tlbsync",
     "dsb_ish",
     "ipi",
     "sbi_rfence",
     "sbi_rfence_target",
 )
 #: Primitives that end one visit to the shared resource (the issuer waits for completion there).
-SYNC_PRIMITIVES = ("dsb_ish", "ipi", "sbi_rfence")
+SYNC_PRIMITIVES = ("dsb_ish", "ipi", "sbi_rfence", "tlbsync")
 
 _SECTIONS = ("profile", "local_ns", "process_ns", "shared", "provenance")
 _PROFILE_KEYS = {"name": str, "arch": str, "description": str, "cpu_features": list}

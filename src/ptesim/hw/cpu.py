@@ -62,6 +62,20 @@ class Hardware:
         for cpu in targets:
             self._apply(cpu, kind, asid, vpn, npages)
 
+    def invlpgb(
+        self, asid: int, *, vpn: int = 0, npages: int | None = None, mm: object | None = None, count: int = 1
+    ) -> None:
+        """``count`` INVLPGBs (count 2: the PTI user-PCID twin) of ``npages`` pages from ``vpn``, or
+        of the whole PCID (``npages`` None), reaching every CPU's TLB."""
+        if npages is None:
+            emit("invlpgb_pcid", count, mm=mm)
+            for cpu in self.cpus:
+                self._apply(cpu, "asid", asid, 0, 1)
+        else:
+            emit("invlpgb", count, mm=mm)
+            for cpu in self.cpus:
+                self._apply(cpu, "range", asid, vpn, npages)
+
     def remote_flush(self, cpu_id: int, kind: Kind, asid: int | None, vpn: int = 0, npages: int = 1) -> None:
         """The flush a remote CPU performs in its IPI or SBI handler (counted by the sender)."""
         self._apply(self.cpus[cpu_id], kind, asid, vpn, npages)
@@ -77,7 +91,8 @@ class Hardware:
             cpu.tlb.invalidate_range(asid, vpn, npages)
 
     def barrier(self, name: str, mm: object | None = None) -> None:
-        """A counted barrier: ``dsb_ishst``, ``dsb_ish``, ``dsb_nshst``, ``dsb_nsh``, ``isb``."""
+        """A counted barrier: ``dsb_ishst``, ``dsb_ish``, ``dsb_nshst``, ``dsb_nsh``, ``isb``,
+        ``tlbsync``."""
         emit(name, mm=mm)
 
     def ipi(self, cpu_id: int, mm: object | None = None) -> None:

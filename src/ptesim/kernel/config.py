@@ -85,6 +85,16 @@ class KernelConfig:
         "Dev Jain, f822a9a81a31 'mm: optimize mremap() by PTE batching' (LKML 20250610035043.75448-3; v6.17)",
     )
 
+    broadcast_tlb_flush: bool = _flag(
+        False,
+        "x86 CONFIG_BROADCAST_TLB_FLUSH: on CPUs with INVLPGB (CPU feature invlpgb) an mm seen active "
+        "on more than 3 CPUs at a remote flush gets a global ASID, and its later flushes are INVLPGB "
+        "broadcasts + one TLBSYNC instead of IPIs.",
+        "Rik van Riel, 4afeb0ed1753 'x86/mm: Enable broadcast TLB invalidation for multi-threaded "
+        "processes' (LKML 20250226030129.530345-11, tip x86/core for v6.15); 4a02ed8e1cc3 'x86/mm: "
+        "Consolidate full flush threshold decision'",
+    )
+
     # ---- contiguous-PTE layer (arm64 arch/arm64/mm/contpte.c; riscv what-if) -------------------
     contpte: bool = _flag(
         False,
@@ -316,13 +326,15 @@ _add(
     contpte=True,
     large_mapcount=True,
 )
-_V6_15: dict[str, Any] = dict(contpte=True, large_mapcount=True, fpb_clamp_max_nr=True, wp_reuse_large=True)
+_V6_15: dict[str, Any] = dict(
+    contpte=True, large_mapcount=True, fpb_clamp_max_nr=True, wp_reuse_large=True, broadcast_tlb_flush=True
+)
 _add(
     "v6.15",
     "v6.11 + MM owner tracking: a write fault reuses an exclusively owned PTE-mapped large folio "
     "(20250303163014.1128035-1); folio_pte_batch clamps max_nr to the folio, no probe read past it "
     "('mm: fix folio_pte_batch() on XEN PV', approximately v6.15).  x86: INVLPGB broadcast "
-    "invalidation (Rik van Riel, tip x86/core for v6.15).",
+    "invalidation for mms active on 4 or more CPUs (4afeb0ed1753; needs CPU feature invlpgb).",
     **_V6_15,
 )
 _add(

@@ -195,6 +195,18 @@ class Task:
             k.arch.switch_mm(mm, cpu)
         return child
 
+    def thread(self, cpu: int) -> Task:
+        """clone(CLONE_VM): a thread sharing this address space, running on ``cpu``."""
+        self._live()
+        k = self.kernel
+        k._check_cpu(cpu)
+        t = Task(k, self.mm, cpu)
+        self.mm.users += 1
+        k.tasks.append(t)
+        with k.sink.operation("setup"):
+            k.arch.switch_mm(self.mm, cpu)
+        return t
+
     def exit(self) -> None:
         from ptesim.kernel.fork import exit_mmap
 
@@ -203,6 +215,11 @@ class Task:
         cpu = k.hw.cpus[self.cpu]
         if cpu.current_asid == self.mm.asid:
             cpu.current_asid = None
+        if self.mm.users > 1:  # another thread still uses the mm: no exit_mmap
+            self.mm.users -= 1
+            self.alive = False
+            k.tasks.remove(self)
+            return
         with k.operation(self, "exit"):
             exit_mmap(self.mm)
         self.alive = False

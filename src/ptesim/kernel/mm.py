@@ -114,6 +114,12 @@ class MmStruct:
         self.rss: Counter[str] = Counter()
         self.cpumask: set[int] = set()
         self.has_pinned = False  # MMF_HAS_PINNED
+        #: tasks (threads) using this mm (mm_users)
+        self.users = 1
+        #: x86 broadcast ASID (arch/x86/mm/tlb.c, v6.15): handed out to an mm active on > 3 CPUs
+        self.global_asid = False
+        #: CPUs still running this mm on their per-CPU ASID since it got the global one
+        self.asid_transition: set[int] = set()
         self.write_protect_seq = 0
         self.dead = False
         self.nr_ptes = 0

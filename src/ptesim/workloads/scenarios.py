@@ -217,6 +217,35 @@ def sc_mremap(k: Kernel, spec: ModelSpec) -> None:
     t.mremap(addr, spec.mem, addr + spec.mem + mremap_offset(k))
 
 
+def _threads_everywhere(k: Kernel, t: Task) -> None:
+    """Give the process a thread on every other CPU, then let a few flushes run on a scratch page
+    so that the mm is in its steady state: on x86 with INVLPGB (v6.15) it is then active on more
+    than 3 CPUs, holds a global ASID and has finished the ASID transition."""
+    for cpu in range(k.hw.ncpus):
+        if cpu != t.cpu:
+            t.thread(cpu)
+    scratch = t.mmap(k.arch.page_size)
+    t.write(scratch, 1)
+    for _ in range(2):
+        t.mprotect(scratch, k.arch.page_size, "r")
+        t.mprotect(scratch, k.arch.page_size, "rw")
+
+
+def sc_munmap_threads(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    _threads_everywhere(k, t)
+    k.sink.reset()
+    t.munmap(addr, spec.mem)
+
+
+def sc_mprotect_threads(k: Kernel, spec: ModelSpec) -> None:
+    t, addr = _populate(k, spec)
+    _threads_everywhere(k, t)
+    k.sink.reset()
+    t.mprotect(addr, spec.mem, "r")
+    t.mprotect(addr, spec.mem, "rw")
+
+
 SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
     "populate": (sc_populate, "fault every page of a fresh mapping in by writing it"),
     "fork-first": (sc_fork_first, "fork a populated mapping whose PTEs are writable"),
@@ -228,6 +257,11 @@ SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
     "cow-write": (sc_cow_write, "after fork, the child writes every page (COW faults)"),
     "mprotect": (sc_mprotect, "mprotect the populated mapping read-only, then read-write again"),
     "mremap": (sc_mremap, "mremap (move) the populated mapping to just past its end"),
+    "munmap-threads": (sc_munmap_threads, "munmap with a thread of the process on every CPU"),
+    "mprotect-threads": (
+        sc_mprotect_threads,
+        "the mprotect toggle with a thread of the process on every CPU",
+    ),
 }
 
 
