@@ -22,6 +22,31 @@ PROFILES = {
     "negative.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = -0.7", GOOD_PROFILE, count=1),
     "empty.toml": "",
     "binary.toml": "\x00\x01\x02",
+    "not-utf8.toml": b"\x7fELF\x02\x01\x01\x00\xff\xfe",
+    "huge-number.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = " + "9" * 400, GOOD_PROFILE, count=1),
+    "infinite.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = inf", GOOD_PROFILE, count=1),
+    "nan.toml": re.sub(r"(?m)^pte_read = .*$", "pte_read = nan", GOOD_PROFILE, count=1),
+    "too-big.toml": GOOD_PROFILE + "#" * (1 << 20),
+}
+
+#: saved fuzz programs for --replay, each broken in one field
+_STEP = '{"op": "mmap", "region": 0, "off": 0, "pages": 4, "shared": false}'
+PROGRAMS = {
+    "bad_granule": '{"arch": "arm64", "preset": "v6.9", "granule": "big", "steps": []}',
+    "odd_granule": '{"arch": "arm64", "preset": "v6.9", "granule": 8192, "steps": []}',
+    "bad_region": '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "read", "region": "a", "page": 1}]}',
+    "far_region": '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "read", "region": 7, "page": 1}]}',
+    "huge_pages": '{"arch": "x86", "preset": "v6.9", "steps": ['
+    + _STEP.replace('"pages": 4', '"pages": 1000000000000')
+    + "]}",
+    "bool_task": '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "exit", "task": true}]}',
+    "bad_prot": '{"arch": "x86", "preset": "v6.9", "steps": ['
+    + _STEP
+    + ', {"op": "mprotect", "region": 0, "off": 0, "pages": 1, "prot": "rwx"}]}',
+    "extra_arg": '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "exit", "cpu": 1}]}',
+    "bad_arch": '{"arch": "vax", "preset": "v6.9", "steps": []}',
+    "bad_features": '{"arch": "x86", "preset": "v6.9", "features": ["tlbi-range"], "steps": []}',
+    "bad_mutant": '{"arch": "x86", "preset": "v6.9", "mutant": "no-such-bug", "steps": []}',
 }
 
 #: (argv, a word the error line must contain)
@@ -46,6 +71,20 @@ CORPUS: list[tuple[list[str], str]] = [
     (["explain", "--ncpus", "0"], "ncpus"),
     (["explain", "--ncpus", "two"], "two"),
     (["explain", "--scenario", "teleport"], "teleport"),
+    (["explain", "--mem", "1T"], "4G"),
+    (["explain", "--top", "-5"], "--top"),
+    (["explain", "--top", "many"], "--top"),
+    (["explain", "--depth", "0"], "--depth"),
+    (["explain", "--ncpus", "100000"], "--ncpus"),
+    (["explain", "--ncpu", "4"], "--ncpu"),
+    (["explain", "--preset", "v6.9", "--preset", "v6.8"], "--preset"),
+    (["explain", "--json", "--json"], "--json"),
+    (["explain", "--arch", "arm64", "--set", "contpte=1", "--set", "contpte=0"], "contpte"),
+    (["explain", "--arch", "x86", "--set", "contpte=1"], "contpte"),
+    (["explain", "--arch", "x86", "--set", "bbml2_aware=y"], "bbml2_aware"),
+    (["explain", "--arch", "riscv", "--set", "local_wp_flush=y"], "local_wp_flush"),
+    (["explain", "--arch", "arm64", "--set", "svnapot_thp=y"], "svnapot_thp"),
+    (["trace", "--limit", "0"], "--limit"),
     (["trace", "--mem", "0"], "0"),
     (["trace", "--preset", ""], "preset"),
     # fuzz / mutants
@@ -64,6 +103,19 @@ CORPUS: list[tuple[list[str], str]] = [
     (["fuzz", "--replay", "/nonexistent/prog.json"], "prog.json"),
     (["fuzz", "--replay", "{not_json}"], "JSON"),
     (["fuzz", "--replay", "{bad_step}"], "step"),
+    (["fuzz", "--replay", "{bad_granule}"], "granule"),
+    (["fuzz", "--replay", "{odd_granule}"], "granule"),
+    (["fuzz", "--replay", "{bad_region}"], "region"),
+    (["fuzz", "--replay", "{far_region}"], "region"),
+    (["fuzz", "--replay", "{huge_pages}"], "pages"),
+    (["fuzz", "--replay", "{bool_task}"], "task"),
+    (["fuzz", "--replay", "{bad_prot}"], "prot"),
+    (["fuzz", "--replay", "{extra_arg}"], "cpu"),
+    (["fuzz", "--replay", "{bad_arch}"], "vax"),
+    (["fuzz", "--replay", "{bad_features}"], "features"),
+    (["fuzz", "--replay", "{bad_mutant}"], "no-such-bug"),
+    (["fuzz", "--replay", "/dev/zero"], "/dev/zero"),
+    (["fuzz", "--arch", "x86", "--arch", "arm64"], "--arch"),
     (["mutants", "--budget", "0"], "--budget"),
     (["mutants", "--budget", "x"], "x"),
     (["mutants", "--only", "typo-bug"], "typo-bug"),
@@ -78,6 +130,18 @@ CORPUS: list[tuple[list[str], str]] = [
     (["reproduce", "seed", "--profile", "{empty.toml}"], "profile"),
     (["reproduce", "seed", "--profile", "{binary.toml}"], "binary.toml"),
     (["reproduce", "seed", "--profile", "/nonexistent/p.toml"], "p.toml"),
+    (["reproduce", "seed", "--profile", "{not-utf8.toml}"], "UTF-8"),
+    (["reproduce", "seed", "--profile", "/bin/ls"], "/bin/ls"),
+    (["reproduce", "seed", "--profile", "/dev/zero"], "/dev/zero"),
+    (["reproduce", "seed", "--profile", "{too-big.toml}"], "too-big.toml"),
+    (["reproduce", "seed", "--profile", "{huge-number.toml}"], "pte_write"),
+    (["reproduce", "seed", "--profile", "{infinite.toml}"], "pte_write"),
+    (["reproduce", "seed", "--profile", "{nan.toml}"], "pte_read"),
+    (["wis", "--preset", "v6.9", "--profile", "{huge-number.toml}"], "pte_write"),
+    (["wis", "--preset", "v6.9", "--cpus", "1-1000000000"], "1-1000000000"),
+    (["wis", "--preset", "v6.9", "--mem", "1T"], "--mem"),
+    (["wis", "--preset", "v6.9", "--preset", "v6.8"], "--preset"),
+    (["latency", "fork", "--mem", "1T"], "4G"),
     (["wis"], "--preset"),
     (["wis", "--preset", "nope"], "nope"),
     (["wis", "--preset", "v6.9", "--cpus", "0"], "0"),
@@ -108,18 +172,30 @@ CORPUS: list[tuple[list[str], str]] = [
     (["host", "wis", "--cpus", "0-100000"], "100000"),
     (["host", "wis", "--duration=-1"], "duration"),
     (["host", "wis", "--size", "1T"], "1T"),
+    (["host", "fork", "--size", "64K"], "--size"),
+    (["host", "wis", "--sizes", "64K"], "--sizes"),
+    (["host", "fork", "--reps", "1000000000"], "--reps"),
+    (["host", "fork", "--threshold", "nan"], "--threshold"),
+    (["host", "wis", "--duration", "inf"], "--duration"),
+    (["host", "wis", "--duration", "nan"], "--duration"),
+    (["host", "wis", "--cpus", "1-1000000000"], "1-1000000000"),
+    (["host", "wis", "--mem", "64M", "--mem", "1M"], "--mem"),
 ]
 
 
 def _expand(argv: list[str], tmp: Path) -> list[str]:
-    files = dict(PROFILES)
+    files: dict[str, str | bytes] = {**PROFILES, **PROGRAMS}
     files["not_json"] = "this is not json"
     files["bad_step"] = '{"arch": "x86", "preset": "v6.9", "steps": [{"op": "teleport"}]}'
     out = []
     for a in argv:
         if a.startswith("{") and a.endswith("}") and a[1:-1] in files:
             p = tmp / a[1:-1]
-            p.write_text(files[a[1:-1]])
+            content = files[a[1:-1]]
+            if isinstance(content, bytes):
+                p.write_bytes(content)
+            else:
+                p.write_text(content)
             a = str(p)
         out.append(a)
     return out

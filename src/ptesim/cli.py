@@ -11,9 +11,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from ptesim import __version__
+from ptesim.argcheck import Parser
 from ptesim.errors import UsageError
 
 #: Modules that contribute subcommands, each with ``register(subparsers) -> None``.
@@ -25,17 +25,10 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ptesim", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(prog="ptesim", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"ptesim {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

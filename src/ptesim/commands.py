@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ptesim.arch import ARCHES, CPU_FEATURES
+from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
 from ptesim.events import SCHEMA_KEYS, with_aggregates
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS, parse_overrides
@@ -40,7 +41,7 @@ def add_model_options(p: argparse.ArgumentParser, *, mem: str = "1M", folio: str
         metavar="FLAG=VALUE",
         help="override one kernel flag of the preset (repeatable; see 'ptesim presets --flags')",
     )
-    p.add_argument("--ncpus", type=int, default=4, help="CPUs of the model machine (default 4)")
+    p.add_argument("--ncpus", type=int_arg(1, 1024), default=4, help="CPUs of the model machine (default 4)")
     p.add_argument("--placement", default="aligned", choices=("aligned", "malloc"), help="mapping placement")
     p.add_argument("--check", action="store_true", help="run every validate_* invariant after each operation")
 
@@ -83,7 +84,7 @@ def spec_from_args(a: argparse.Namespace, *, trace_limit: int = 0) -> ModelSpec:
         mem=mem,
         granule=granule,
         cpu_features=features,
-        overrides=parse_overrides(a.set),
+        overrides=parse_overrides(a.set, a.arch),
         ncpus=a.ncpus,
         placement=a.placement,
         checks=a.check,
@@ -301,14 +302,16 @@ def register(sub: Any) -> None:
     add_model_options(p)
     p.add_argument("--scenario", default="fork-first", help=f"one of {', '.join(SCENARIOS)}")
     p.add_argument("--json", action="store_true", help="print the documented JSON object")
-    p.add_argument("--top", type=int, default=25, help="call chains to show (default 25)")
-    p.add_argument("--depth", type=int, default=6, help="frames per call chain (default 6)")
+    p.add_argument("--top", type=int_arg(0, 100_000), default=25, help="call chains to show (default 25)")
+    p.add_argument("--depth", type=int_arg(1, 1000), default=6, help="frames per call chain (default 6)")
     p.set_defaults(handler=cmd_explain)
 
     p = sub.add_parser("trace", help="print the ordered primitives of a small scenario")
     add_model_options(p, mem="64K")
     p.add_argument("--scenario", default="fork-first", help=f"one of {', '.join(SCENARIOS)}")
-    p.add_argument("--limit", type=int, default=200000, help="records kept (default 200000)")
-    p.add_argument("--depth", type=int, default=8)
+    p.add_argument(
+        "--limit", type=int_arg(1, 10_000_000), default=200000, help="records kept (default 200000)"
+    )
+    p.add_argument("--depth", type=int_arg(1, 1000), default=8)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_trace)

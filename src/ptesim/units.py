@@ -16,6 +16,9 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
+#: the largest mapping the model is asked to populate (about a million 4K pages: minutes, a GiB of RAM)
+MODEL_MEM_MAX = 4 * GiB
+
 
 def parse_size(text: str, *, what: str = "size") -> int:
     """Parse ``"64K"``, ``"2M"``, ``"1G"`` or a byte count into bytes.
@@ -71,26 +74,33 @@ def parse_folio_size(text: str, page_size: int, max_order: int) -> int:
     return order
 
 
+#: the largest CPU count any command accepts
+MAX_CPUS = 4096
+
+
 def parse_cpu_list(text: str) -> list[int]:
-    """Parse ``"1,8,16"`` or ``"1-4,8"`` into a sorted list of distinct positive CPU counts."""
+    """Parse ``"1,8,16"`` or ``"1-4,8"`` into a sorted list of distinct positive CPU counts.
+
+    Every element is checked against :data:`MAX_CPUS` before any range is expanded.
+    """
+    if len(text) > 10_000:
+        raise UsageError(f"bad CPU list {text[:20]!r}...: longer than 10000 characters")
     out: set[int] = set()
     for part in text.split(","):
         part = part.strip()
         if not part:
             raise UsageError(f"bad CPU list {text!r}: empty element")
+        lo_s, dash, hi_s = part.partition("-")
         try:
-            if "-" in part:
-                lo_s, hi_s = part.split("-", 1)
-                lo, hi = int(lo_s), int(hi_s)
-                if lo > hi:
-                    raise UsageError(f"bad CPU list {text!r}: range {part} is backwards")
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
+            lo = int(lo_s)
+            hi = int(hi_s) if dash else lo
         except ValueError:
             raise UsageError(f"bad CPU list {text!r}: {part!r} is not a number") from None
-    if min(out) < 1:
-        raise UsageError(f"bad CPU list {text!r}: CPU counts start at 1")
-    if max(out) > 4096:
-        raise UsageError(f"bad CPU list {text!r}: more than 4096 CPUs")
+        if lo < 1:
+            raise UsageError(f"bad CPU list {text!r}: CPU counts start at 1")
+        if hi > MAX_CPUS:
+            raise UsageError(f"bad CPU list {text!r}: more than {MAX_CPUS} CPUs")
+        if lo > hi:
+            raise UsageError(f"bad CPU list {text!r}: range {part} is backwards")
+        out.update(range(lo, hi + 1))
     return sorted(out)

@@ -29,6 +29,7 @@ were fitted and which were assumed.
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -334,9 +335,16 @@ def load_profile(name_or_path: str) -> Profile:
     if "/" in name_or_path or name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(PROFILE_MAX_BYTES + 1)
         except OSError as exc:
             raise UsageError(f"cannot read profile {name_or_path}: {exc.strerror}") from None
+        if len(raw) > PROFILE_MAX_BYTES:
+            raise UsageError(f"profile {name_or_path}: larger than {PROFILE_MAX_BYTES // 1024} KiB")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"profile {name_or_path}: not UTF-8 text (byte {exc.start})") from None
         source = str(path)
     else:
         res = resources.files("ptesim.cost") / "profiles" / f"{name_or_path}.toml"
@@ -348,9 +356,33 @@ def load_profile(name_or_path: str) -> Profile:
         source = f"{name_or_path}.toml"
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: an integer of 4300+ digits
         raise UsageError(f"{source}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    _check_numbers(source, data)
     return profile_from_dict(data, source)
+
+
+#: a profile file is a few KiB; anything larger (or a device) is refused before it is read
+PROFILE_MAX_BYTES = 256 * 1024
+#: no profile number is near this (nanoseconds, a coefficient of variation, a CPU count)
+PROFILE_NUMBER_MAX = 1e12
+
+
+def _check_numbers(where: str, value: object, key: str = "") -> None:
+    """Every number of a parsed profile is finite and of a sane magnitude (before any float())."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(where, v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(where, v, f"{key}[{i}]")
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (abs(value) > PROFILE_NUMBER_MAX or not math.isfinite(value))
+    ):
+        shown = f"{value:.3g}" if isinstance(value, float) else f"a {len(str(abs(value)))}-digit integer"
+        raise UsageError(f"{where}: {key} = {shown} is out of range (at most {PROFILE_NUMBER_MAX:g})")
 
 
 def profile_to_dict(profile: Profile) -> dict[str, Any]:

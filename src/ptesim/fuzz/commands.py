@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ptesim.fuzz.machine import FuzzResult
 
 GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
+#: a saved program is a few KiB; a bigger --replay file is refused before it is parsed
+PROGRAM_MAX_BYTES = 16 << 20
 
 
 def _int(text: str, what: str, lo: int, hi: int) -> int:
@@ -110,12 +112,20 @@ def _replay(a: argparse.Namespace) -> int:
 
     path = Path(a.replay)
     try:
-        data = json.loads(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(PROGRAM_MAX_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not a JSON program ({exc})") from None
-    prog = Program.from_json(data)
+    if len(raw) > PROGRAM_MAX_BYTES:
+        raise UsageError(f"{path}: larger than {PROGRAM_MAX_BYTES >> 20} MiB, not a saved program")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path}: not a JSON program ({str(exc).splitlines()[0]})") from None
+    try:
+        prog = Program.from_json(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     t = prog.target
     if t.arch not in ARCHES or t.preset not in PRESETS:
         raise UsageError(f"{path}: unknown arch or preset ({t.arch}, {t.preset})")

@@ -35,6 +35,8 @@ Value = int | bool | str
 BASE = 0x10_0000_0000
 REGIONS = 2
 NCPUS = 3
+#: the longest program ``--replay`` accepts
+MAX_PROGRAM_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,57 @@ class Step:
         return {"op": self.op, "task": self.task, **dict(self.args)}
 
     @staticmethod
-    def from_json(d: Any) -> Step:
+    def from_json(d: Any, where: str = "step") -> Step:
+        """A step from its JSON form, every field checked (type and range) before anything runs."""
         if not isinstance(d, dict) or not isinstance(d.get("op"), str) or d["op"] not in OPS:
-            raise UsageError(f"bad step {d!r}: needs an 'op' among {', '.join(OPS)}")
-        task = d.get("task", 0)
+            raise UsageError(f"bad {where}: needs an 'op' among {', '.join(OPS)}")
+        op = d["op"]
         args = {k: v for k, v in d.items() if k not in ("op", "task")}
-        if not isinstance(task, int) or any(not isinstance(v, int | bool | str) for v in args.values()):
-            raise UsageError(f"bad step {d!r}: arguments must be integers, booleans or strings")
-        missing = sorted(set(OPS[d["op"]]) - set(args))
+        unknown = sorted(set(args) - set(OPS[op]))
+        if unknown:
+            raise UsageError(f"bad {where} ({op}): unknown argument {unknown[0]!r}")
+        missing = sorted(set(OPS[op]) - set(args))
         if missing:
-            raise UsageError(f"bad step {d!r}: missing {', '.join(missing)}")
-        return Step(d["op"], task, tuple((k, args[k]) for k in OPS[d["op"]]))
+            raise UsageError(f"bad {where} ({op}): missing {', '.join(missing)}")
+        task = _checked_arg(where, op, "task", d.get("task", 0))
+        return Step(op, int(task), tuple((k, _checked_arg(where, op, k, args[k])) for k in OPS[op]))
+
+
+#: the pages a step may name: far more than any region holds, small enough to run at once
+MAX_STEP_PAGES = 1 << 16
+#: the range of each integer step argument
+INT_ARGS: dict[str, tuple[int, int]] = {
+    "task": (0, 1 << 16),
+    "order": (0, 20),
+    "region": (0, REGIONS - 1),
+    "off": (0, MAX_STEP_PAGES),
+    "page": (0, MAX_STEP_PAGES),
+    "pages": (0, MAX_STEP_PAGES),
+    "value": (-(1 << 62), 1 << 62),
+    "cpu": (0, 1 << 16),
+    "pin": (0, 1 << 20),
+}
+#: the choices of every other step argument
+CHOICE_ARGS: dict[str, tuple[Value, ...]] = {
+    "shared": (False, True),
+    "on": (False, True),
+    "prot": ("r", "rw"),
+}
+
+
+def _checked_arg(where: str, op: str, name: str, v: Any) -> Value:
+    if name in INT_ARGS:
+        lo, hi = INT_ARGS[name]
+        if type(v) is not int:
+            raise UsageError(f"bad {where} ({op}): {name} must be an integer, not {v!r}")
+        if not lo <= v <= hi:
+            raise UsageError(f"bad {where} ({op}): {name} {v} is out of range {lo}..{hi}")
+        return v
+    choices = CHOICE_ARGS[name]
+    for c in choices:
+        if type(v) is type(c) and v == c:
+            return c
+    raise UsageError(f"bad {where} ({op}): {name} must be one of {', '.join(map(repr, choices))}, not {v!r}")
 
 
 #: Every operation and its arguments, in order.
@@ -152,17 +194,41 @@ class Program:
 
     @staticmethod
     def from_json(d: Any) -> Program:
+        """A program from its JSON form, every field checked before anything runs."""
+        from ptesim.arch import ARCHES, CPU_FEATURES
+        from ptesim.kernel.config import PRESETS
+
         if not isinstance(d, dict) or not isinstance(d.get("steps"), list):
             raise UsageError("a program is a JSON object with 'arch', 'preset' and a list of 'steps'")
+        unknown = sorted(set(d) - {"arch", "preset", "granule", "features", "mutant", "steps"})
+        if unknown:
+            raise UsageError(f"bad program: unknown field {unknown[0]!r}")
+        arch = d.get("arch", "x86")
+        if arch not in ARCHES:
+            raise UsageError(f"bad program: arch {arch!r} is not one of {', '.join(ARCHES)}")
+        preset = d.get("preset", "v6.9")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise UsageError(f"bad program: preset {preset!r} is not a known preset")
+        granule = d.get("granule", 4096)
+        granules = (4096, 16384, 65536) if arch == "arm64" else (4096,)
+        if type(granule) is not int or granule not in granules:
+            raise UsageError(f"bad program: granule {granule!r} is not one of {granules} for {arch}")
         feats = d.get("features")
-        target = Target(
-            arch=str(d.get("arch", "x86")),
-            preset=str(d.get("preset", "v6.9")),
-            granule=int(d.get("granule", 4096)),
-            features=tuple(str(f) for f in feats) if isinstance(feats, list) else None,
-            mutant=d.get("mutant") if isinstance(d.get("mutant"), str) else None,
-        )
-        return Program(target, [Step.from_json(s) for s in d["steps"]])
+        if feats is not None and (
+            not isinstance(feats, list)
+            or any(not isinstance(f, str) or f not in CPU_FEATURES[arch] for f in feats)
+        ):
+            raise UsageError(f"bad program: features {feats!r} are not CPU features of {arch}")
+        mutant = d.get("mutant")
+        if mutant is not None:
+            from ptesim.mutants import MUTANTS
+
+            if not isinstance(mutant, str) or mutant not in MUTANTS:
+                raise UsageError(f"bad program: mutant {mutant!r} is not in the catalogue")
+        if len(d["steps"]) > MAX_PROGRAM_STEPS:
+            raise UsageError(f"bad program: more than {MAX_PROGRAM_STEPS} steps")
+        target = Target(arch, preset, granule, tuple(feats) if feats is not None else None, mutant)
+        return Program(target, [Step.from_json(s, f"step {i + 1}") for i, s in enumerate(d["steps"])])
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ptesim.argcheck import float_arg, int_arg
 from ptesim.host import bench
 from ptesim.host.sysfs import HostInterrupted, HostSession, restore_saved_state
 from ptesim.host.tracing import TLB_FLUSH_REASONS
@@ -315,7 +316,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=float_arg(0, 100),
         default=90.0,
         metavar="PCT",
         help="minimum verified backing to report a timing (default 90)",
@@ -346,8 +347,10 @@ def register(sub: Any) -> None:
             "--sizes", default="4K,64K,2M", help="folio sizes, e.g. 4K,64K,2M or 'all' (default 4K,64K,2M)"
         )
         p.add_argument("--mem", default="1G", help="buffer size (default 1G)")
-        p.add_argument("--reps", type=int, default=10, help="timed runs per size (default 10)")
-        p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+        p.add_argument(
+            "--reps", type=int_arg(1, 100_000), default=10, help="timed runs per size (default 10)"
+        )
+        p.add_argument("--warmup", type=int_arg(0, 10_000), default=2, help="untimed runs first (default 2)")
         p.add_argument(
             "--cpu",
             type=int,
@@ -375,7 +378,9 @@ def register(sub: Any) -> None:
     p.add_argument("--size", default="4K", help="folio size (default 4K)")
     p.add_argument("--mem", default="128M", help="buffer per worker (default 128M)")
     p.add_argument("--cpus", default="1", help="worker counts, e.g. 1,2 or 1-4 (default 1)")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per count (default 5)")
+    p.add_argument(
+        "--duration", type=float_arg(0.001, 86_400), default=5.0, help="seconds per count (default 5)"
+    )
     _common(p)
     _output_flags(p)
     p.set_defaults(handler=cmd_wis)

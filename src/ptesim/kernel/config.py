@@ -204,6 +204,22 @@ class KernelConfig:
 
 FLAG_FIELDS = tuple(f for f in dataclasses.fields(KernelConfig) if "doc" in f.metadata)
 _FLAG_BY_NAME = {f.name: f for f in FLAG_FIELDS}
+#: flags read only by some architectures' code (every other flag is read by the generic mm)
+FLAG_ARCHES: dict[str, tuple[str, ...]] = {
+    "contpte": ("arm64",),
+    "svnapot_thp": ("riscv",),
+    # the contpte layer (arch/arm64/mm/contpte.c), which the riscv Svnapot what-if reuses
+    "contpte_fold": ("arm64", "riscv"),
+    "contpte_wrprotect": ("arm64", "riscv"),
+    "contpte_set_ptes": ("arm64", "riscv"),
+    "contpte_exit": ("arm64", "riscv"),
+    "contpte_get_early_exit": ("arm64", "riscv"),
+    "contpte_access_flags_flush": ("arm64", "riscv"),
+    "pte_batch_hint": ("arm64", "riscv"),
+    # arch/arm64/include/asm/tlbflush.h and the arm64 fault fixups
+    "bbml2_aware": ("arm64",),
+    "local_wp_flush": ("arm64",),
+}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "fork_batch": ("none", "cont_mapped", "folio_pte_batch"),
     "contpte_fold": ("none", "every_set", "set_ptes_nr1"),
@@ -383,12 +399,21 @@ def preset(name: str) -> KernelConfig:
         raise UsageError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    """Parse repeated ``--set flag=value`` options."""
+def parse_overrides(items: list[str] | None, arch: str | None = None) -> dict[str, str]:
+    """Parse repeated ``--set flag=value`` options: each flag at most once, and with ``arch``, no
+    flag that only another architecture's code reads (it would be silently ignored)."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"bad --set {item!r}: expected flag=value")
-        out[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in out:
+            raise UsageError(f"bad --set {item!r}: flag {key} is set more than once")
+        only = FLAG_ARCHES.get(key)
+        if arch is not None and only is not None and arch not in only:
+            raise UsageError(
+                f"bad --set {item!r}: flag {key} does not apply to {arch}, only to {', '.join(only)}"
+            )
+        out[key] = value.strip()
     return out

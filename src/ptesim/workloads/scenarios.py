@@ -15,7 +15,7 @@ from ptesim.errors import UsageError
 from ptesim.events import EventSink
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
-from ptesim.units import format_size
+from ptesim.units import MODEL_MEM_MAX, format_size
 
 BLOCK = 64 * 1024  # the normalisation unit of the reference tables: one 64K block
 
@@ -35,6 +35,12 @@ class ModelSpec:
     placement: str = "aligned"  # "aligned" (PMD-aligned mmap) or "malloc" (glibc-style mmap chunk)
     checks: bool = False
     trace_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mem <= MODEL_MEM_MAX:
+            raise UsageError(
+                f"bad --mem {format_size(self.mem)}: the model maps at most {format_size(MODEL_MEM_MAX)}"
+            )
 
     def config(self) -> KernelConfig:
         cfg = preset(self.preset)
