@@ -159,6 +159,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["calibrate", "--holdout", "x"], "x"),
     (["whatif", "--cpus", ""], "cpu list"),
     (["whatif", "--folio", "0"], "0"),
+    (["whatif", "--op", "bogus"], "whatif --op"),
     # host mode: validated before touching the machine
     (["host"], "SUBCOMMAND"),
     (["host", "fork", "--sizes", "3K"], "3K"),

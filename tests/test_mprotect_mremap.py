@@ -141,3 +141,50 @@ def test_arm64_pte_needs_flush_skips_none_to_rw() -> None:
 
     assert none_to_rw("v6.19") == 0
     assert none_to_rw("v6.17") > 0
+
+
+def test_whatif_op_says_who_gains() -> None:
+    """whatif --op mprotect: arm64 contpte gains most, x86 and riscv without Svnapot are unchanged,
+    and with 4 threads x86 with INVLPGB is faster than with IPIs (same counts, broadcast instead)."""
+    from ptesim.cost.whatif import op_configs, whatif_op
+
+    keep = {"arm64 4K", "x86-64", "x86-64, 4 threads", "x86-64 +invlpgb, 4 threads", "riscv (IPI)"}
+    cfgs = [c for c in op_configs("mprotect") if c.label in keep]
+    import ptesim.cost.whatif as w
+
+    saved = w.op_configs
+    w.op_configs = lambda op: cfgs  # type: ignore[assignment]
+    try:
+        rows = {r.config.label: r for r in whatif_op("mprotect", mem="1M")}
+    finally:
+        w.op_configs = saved  # type: ignore[assignment]
+    assert rows["arm64 4K"].change_pct < -50
+    assert abs(rows["x86-64"].change_pct) < 1 and abs(rows["riscv (IPI)"].change_pct) < 1
+    assert rows["x86-64 +invlpgb, 4 threads"].after_ms < rows["x86-64, 4 threads"].after_ms
+
+
+def test_local_tlbi_whatif_keeps_a_lone_process_local() -> None:
+    """The arm64 local-TLBI what-if: an mm that only ran on this CPU is flushed with local TLBIs
+    (TLB coherence checked on every CPU); once it ran elsewhere it broadcasts again."""
+    k = Kernel("arm64", "v6.19-local-tlbi", checks=True)
+    k.set_folio_size(64 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(MiB)
+    t.populate(a, MiB)
+    k.sink.reset()
+    t.mprotect(a, MiB, "r")
+    c = Counter(with_aggregates(k.sink.totals()))
+    assert c["tlbi_bcast"] == 0 and c["tlbi_local"] > 0
+    t.migrate(1)
+    k.sink.reset()
+    t.mprotect(a, MiB, "rw")
+    c = Counter(with_aggregates(k.sink.totals()))
+    assert c["tlbi_bcast"] > 0 and c["tlbi_local"] == 0
+
+
+def test_riscv_2026_whatif_still_converts_in_mprotect() -> None:
+    """Yunhui Cui's series has no batched modify_prot_*: each block is unfolded and refolded."""
+    assert (
+        counts("riscv", "v7.0-svnapot", "mprotect")["tlbi_page_local"]
+        > 4 * counts("riscv", "v6.17", "mprotect")["tlbi_page_local"]
+    )

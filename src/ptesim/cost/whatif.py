@@ -27,6 +27,22 @@ off (``fork_batch=none``, ``zap_batch=n``, no batch hints -- what the v6.8 core 
 
 Folios are the architecture's contiguous block size (64K for a 4K granule, 2M for 16K and 64K
 granules, 64K Svnapot), so that the contiguous layer can be used at all.
+
+:func:`whatif_op` answers the same question for the other batched operations, one process on an
+idle machine (the latency of one operation over ``mem``), with the kernel that introduced the
+batching as "after" and the kernel before it as "before" (:data:`OP_KERNELS`):
+
+* ``munmap``: the zap batching of v6.9 (10ebac4f95e7), measured on v6.17 without and with the core
+  batching (so that the x86 INVLPGB path and the BBML2 elision exist in both);
+* ``mprotect``: v6.16 -> v6.17 (cac1db8c3aad, 7efa1cd5f89b; one r/rw toggle as Dev Jain measures);
+* ``mremap``: v6.16 -> v6.17 (f822a9a81a31; one move of the whole mapping).
+
+Rows: arm64 4K/16K/64K with and without FEAT_TLBIRANGE and BBML2 (v6.16 does not elide the
+contpte_convert TLBI, v6.17 does: the "after" kernel brings both), riscv without Svnapot, riscv with
+Svnapot (Yunhui Cui's 2026 what-if ``v7.0-svnapot``; for mprotect/mremap against the same layer on
+a v6.16 core), x86-64 (``x86-host``) and x86-64 with
+INVLPGB (``amd-invlpgb``), single-threaded and, for munmap and mprotect, with a thread of the
+process on every CPU (the only case where v6.15's INVLPGB policy broadcasts).
 """
 
 from __future__ import annotations
@@ -38,6 +54,7 @@ from dataclasses import dataclass
 from ptesim.cost.model import Change, change
 from ptesim.cost.profile import Profile, load_profile
 from ptesim.cost.runs import RunSpec, prefetch
+from ptesim.errors import UsageError
 from ptesim.units import format_size, parse_size
 from ptesim.workloads.latency import latency_spec, latency_time
 from ptesim.workloads.wis import wis_spec, work_of
@@ -158,6 +175,109 @@ def whatif(cpus: Sequence[int], *, mem: str = "128M", fork_mem: str = "1G") -> l
         tb = latency_time(fb, prof).cycle_ns
         ta = latency_time(fa, prof).cycle_ns
         rows.append(Row(c, prof, wis, 100.0 * (ta / tb - 1.0), tb / 1e6, ta / 1e6))
+    return rows
+
+
+#: op -> (what introduced its batching, before kernel, after kernel); munmap's pair is today's kernel
+#: (v6.17, so that INVLPGB and BBML2 exist) without and with the core batching, like fork's pair.
+OP_KERNELS: dict[str, tuple[str, str, str]] = {
+    "munmap": ("10ebac4f95e7 (v6.9) zap batching", "v6.17", "v6.17"),
+    "mprotect": ("cac1db8c3aad + 7efa1cd5f89b (v6.17)", "v6.16", "v6.17"),
+    "mremap": ("f822a9a81a31 (v6.17)", "v6.16", "v6.17"),
+}
+THREADED_OPS = {"munmap": "munmap-threads", "mprotect": "mprotect-threads"}
+
+
+@dataclass(frozen=True)
+class OpConfig:
+    label: str
+    arch: str
+    granule: int
+    folio: int
+    features: frozenset[str]
+    profile: str
+    op: str  # the latency operation run (maybe a threaded form)
+    before: tuple[str, tuple[tuple[str, str], ...]]
+    after: tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class OpRow:
+    config: OpConfig
+    profile: Profile
+    before_ms: float
+    after_ms: float
+
+    @property
+    def change_pct(self) -> float:
+        """Latency change from the batching (negative = faster)."""
+        return 100.0 * (self.after_ms / self.before_ms - 1.0)
+
+
+def op_configs(op: str) -> list[OpConfig]:
+    """The configurations of :func:`whatif_op` for ``op`` (munmap, mprotect or mremap)."""
+    if op not in OP_KERNELS:
+        raise UsageError(f"whatif --op must be fork or one of {', '.join(OP_KERNELS)}, not {op!r}")
+    _, pb, pa = OP_KERNELS[op]
+    zap = op == "munmap"
+
+    def pair(extra: dict[str, str]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        if zap:
+            return (pb, _ov({**_NO_BATCH, **extra})), (pa, _ov(extra))
+        return (pb, ()), (pa, ())
+
+    out: list[OpConfig] = []
+    for granule, folio in ((4096, 64 << 10), (16384, 2 << 20), (65536, 2 << 20)):
+        for feats in ((), ("tlbi-range",), ("bbml2",), ("tlbi-range", "bbml2")):
+            fs = frozenset(feats)
+            extra: dict[str, str] = {}
+            name = f"arm64 {format_size(granule)}" + "".join(f" +{f}" for f in feats)
+            prof = "arm64-tlbirange" if "tlbi-range" in fs else "altra"
+            b, a = pair(extra)
+            out.append(OpConfig(name, "arm64", granule, folio, fs, prof, op, b, a))
+    b, a = pair({})
+    out.append(OpConfig("riscv (IPI)", "riscv", 4096, 64 << 10, frozenset(), "riscv-generic", op, b, a))
+    if zap:
+        nap_b = ("v7.0-svnapot", _ov(_NO_BATCH))
+        nap_a = ("v7.0-svnapot", ())
+        nap = "riscv Svnapot (2026 what-if)"
+    else:
+        nap_b = ("v6.16", _ov({"svnapot_thp": "y", "contpte_modify_prot": "n"}))
+        nap_a = ("v7.0-svnapot", ())
+        nap = "riscv Svnapot (2026 what-if)"
+    out.append(OpConfig(nap, "riscv", 4096, 64 << 10, frozenset(), "riscv-generic", op, nap_b, nap_a))
+    inv = frozenset({"invlpgb"})
+    out.append(OpConfig("x86-64", "x86", 4096, 64 << 10, frozenset(), "x86-host", op, b, a))
+    out.append(OpConfig("x86-64 +invlpgb", "x86", 4096, 64 << 10, inv, "amd-invlpgb", op, b, a))
+    if op in THREADED_OPS:
+        t_op = THREADED_OPS[op]
+        out.append(OpConfig("x86-64, 4 threads", "x86", 4096, 64 << 10, frozenset(), "x86-host", t_op, b, a))
+        out.append(
+            OpConfig("x86-64 +invlpgb, 4 threads", "x86", 4096, 64 << 10, inv, "amd-invlpgb", t_op, b, a)
+        )
+    return out
+
+
+def _op_spec(c: OpConfig, which: tuple[str, tuple[tuple[str, str], ...]], mem: int) -> RunSpec:
+    spec = latency_spec(
+        c.op, c.arch, which[0], folio=c.folio, mem=mem, granule=c.granule, cpu_features=sorted(c.features)
+    )
+    return dataclasses.replace(spec, overrides=which[1])
+
+
+def whatif_op(op: str, *, mem: str = "64M") -> list[OpRow]:
+    """Price one ``op`` over ``mem`` per configuration, before and after its batching."""
+    m = parse_size(mem, what="--mem")
+    cfgs = op_configs(op)
+    specs = {c.label: (_op_spec(c, c.before, m), _op_spec(c, c.after, m)) for c in cfgs}
+    prefetch([s for pair in specs.values() for s in pair])
+    rows = []
+    for c in cfgs:
+        prof = load_profile(c.profile)
+        sb, sa = specs[c.label]
+        rows.append(
+            OpRow(c, prof, latency_time(sb, prof).cycle_ns / 1e6, latency_time(sa, prof).cycle_ns / 1e6)
+        )
     return rows
 
 

@@ -171,6 +171,14 @@ class KernelConfig:
         "Dev Jain, c320dbb7c80d 'arm64/mm: Elide TLB flush in certain pte protection transitions' "
         "(LKML 20251017160251.96717-1; v6.19)",
     )
+    local_tlbi_single_cpu: bool = _flag(
+        False,
+        "arm64 flush_tlb_mm, __flush_tlb_page_nosync and __flush_tlb_range_nosync invalidate with "
+        "local (non-shareable) TLBIs, after a DSB ISH, when the mm has only ever been active on the "
+        "current CPU (mm_context_t::active_cpu).  WHAT-IF: not in mainline.",
+        "Ryan Roberts, RFC 'Don't broadcast TLBI if mm was only active on local CPU' (LKML "
+        "20250829153510.2401161-1, patch 2/2 20250829153510.2401161-3); v2 by Linu Cherian (May 2026)",
+    )
     bbml2_aware: bool = _flag(
         False,
         "contpte_convert skips its break-before-make TLB flush when the CPU has BBML2_NOABORT.",
@@ -382,6 +390,32 @@ _add(
     "v6.19",
     "v6.17 + arm64: write-fault reuse and spurious-fault fixups flush the local TLB only (cb1fa2e99955).",
     **_V6_19,
+)
+_add(
+    "v6.19-local-tlbi",
+    "WHAT-IF (arm64): v6.19 + Ryan Roberts' RFC 'Don't broadcast TLBI if mm was only active on local "
+    "CPU' (20250829153510.2401161-1, Aug 2025; v2 by Linu Cherian, May 2026; not merged): user TLB "
+    "invalidations of an mm that never ran on another CPU are local TLBIs after a DSB ISH.",
+    **dict(_V6_19, local_tlbi_single_cpu=True),
+)
+_add(
+    "v7.0-svnapot",
+    "WHAT-IF (riscv, approximately a v7.0 base): Yunhui Cui's 'riscv: add Svnapot-based contiguous PTE "
+    "support' (linux-riscv, 21 Apr 2026, v1, not merged) on the v6.19 core: Svnapot 64K blocks "
+    "folded and unfolded transparently by riscv's own wrappers, with batched range clearing, "
+    "wrprotect_ptes and pte_batch_hint (modelled with the contpte layer, as the 2024 what-if).  "
+    "Unlike arm64 the series does not override modify_prot_start_ptes/modify_prot_commit_ptes, so "
+    "the v6.17 mprotect batch still unfolds and refolds each block; the arm64-only v6.17-v6.19 "
+    "contpte changes (early-exit gather, local write-fault flush) are not assumed.",
+    **dict(
+        _V6_19,
+        svnapot_thp=True,
+        contpte_modify_prot=False,
+        contpte_get_early_exit=False,
+        local_wp_flush=False,
+        bbml2_aware=False,
+        arm64_pte_needs_flush=False,
+    ),
 )
 _add(
     "v6.9-svnapot",

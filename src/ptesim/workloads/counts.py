@@ -62,6 +62,8 @@ LATENCY_OPS = {
     "cow": "cow-write",
     "mprotect": "mprotect",
     "mremap": "mremap",
+    "munmap-threads": "munmap-threads",
+    "mprotect-threads": "mprotect-threads",
 }
 
 

@@ -19,7 +19,17 @@ from ptesim.cost.runs import RunSpec, result, run_spec
 from ptesim.errors import UsageError
 from ptesim.units import parse_size
 
-OPS = ("fork", "munmap", "dontneed", "dontneed-pages", "cow", "mprotect", "mremap")
+OPS = (
+    "fork",
+    "munmap",
+    "dontneed",
+    "dontneed-pages",
+    "cow",
+    "mprotect",
+    "mremap",
+    "munmap-threads",
+    "mprotect-threads",
+)
 
 
 def latency_spec(

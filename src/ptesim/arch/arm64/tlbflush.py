@@ -66,17 +66,26 @@ class Arm64TlbFlush(Arm64Pgtable):
         self.hw.barrier("dsb_ish")
         self.hw.barrier("isb")
 
+    def flush_tlb_user_pre(self, mm: MmStruct) -> bool:
+        """DSB ISHST before a user invalidation.  WHAT-IF ``local_tlbi_single_cpu`` (Ryan Roberts'
+        RFC, 20250829153510.2401161-3): if the mm has only ever been active on this CPU (the
+        model's mm_cpumask is exactly that: CPUs ever switched to, never cleared), a DSB ISH and
+        local TLBIs instead.  A child mm during fork has never run: it still broadcasts."""
+        local = self.cfg.local_tlbi_single_cpu and mm.cpumask == {self.hw.current}
+        self.hw.barrier("dsb_ish" if local else "dsb_ishst", mm=mm)
+        return bool(local)
+
     @kfunc
     def flush_tlb_mm(self, mm: MmStruct) -> None:
         """DSB ISHST; TLBI ASIDE1IS; DSB ISH."""
-        self.hw.barrier("dsb_ishst", mm=mm)
-        self._tlbi("asid", mm)
+        local = self.flush_tlb_user_pre(mm)
+        self._tlbi("asid", mm, local=local)
         self.hw.barrier("dsb_ish", mm=mm)
 
     @kname("__flush_tlb_page_nosync")
     def raw_flush_tlb_page_nosync(self, mm: MmStruct, addr: int) -> None:
-        self.hw.barrier("dsb_ishst", mm=mm)
-        self._tlbi("page", mm, vpn=addr >> self.page_shift)
+        local = self.flush_tlb_user_pre(mm)
+        self._tlbi("page", mm, vpn=addr >> self.page_shift, local=local)
 
     @kfunc
     def flush_tlb_page_nosync(self, vma: Vma, addr: int) -> None:
@@ -122,8 +131,8 @@ class Arm64TlbFlush(Arm64Pgtable):
         ):
             self.flush_tlb_mm(mm)
             return
-        self.hw.barrier("dsb_ishst", mm=mm)
-        self._flush_tlb_range_op(mm, start, pages, stride, local=False)
+        local = self.flush_tlb_user_pre(mm)
+        self._flush_tlb_range_op(mm, start, pages, stride, local=local)
 
     @kname("__flush_tlb_range")
     def raw_flush_tlb_range(
