@@ -227,6 +227,12 @@ FLAG_ARCHES: dict[str, tuple[str, ...]] = {
     # arch/arm64/include/asm/tlbflush.h and the arm64 fault fixups
     "bbml2_aware": ("arm64",),
     "local_wp_flush": ("arm64",),
+    "local_tlbi_single_cpu": ("arm64",),
+    # arch/arm64/mm/mmu.c and tlbflush.h (v6.17, v6.19)
+    "contpte_modify_prot": ("arm64",),
+    "arm64_pte_needs_flush": ("arm64",),
+    # arch/x86/mm/tlb.c (v6.15)
+    "broadcast_tlb_flush": ("x86",),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "fork_batch": ("none", "cont_mapped", "folio_pte_batch"),
