@@ -68,7 +68,7 @@ def test_explain_table_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_trace_lists_primitives_in_order(capsys: pytest.CaptureFixture[str]) -> None:
     """trace prints one line per primitive of the scenario's operation."""
-    code, out, _ = run(capsys, "trace", "--preset", "v6.8", "--mem", "64K", "--folio", "64K")
+    code, out, _ = run(capsys, "trace", "--arch", "x86", "--preset", "v6.8", "--mem", "64K", "--folio", "64K")
     assert code == 0
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert any("pte_bitop" in ln and "ptep_set_wrprotect" in ln for ln in lines)
@@ -85,7 +85,7 @@ def test_presets_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 BAD = [
     (["explain", "--preset", "v9.99"], "unknown preset"),
-    (["explain", "--folio", "1Q"], "bad --folio"),
+    (["explain", "--folio", "1Q"], "--folio"),
     (["explain", "--folio", "48K"], "power-of-two"),
     (["explain", "--folio", "2M", "--mem", "1M"], "larger than the mapping"),
     (["explain", "--folio", "4M", "--mem", "8M"], "PMD"),
@@ -93,10 +93,11 @@ BAD = [
     (["explain", "--scenario", "nope"], "unknown scenario"),
     (["explain", "--set", "fork_batch=maybe"], "fork_batch"),
     (["explain", "--set", "no_such_flag=1"], "unknown kernel flag"),
-    (["explain", "--cpu-features", "tlbi-range"], "unknown CPU feature"),
-    (["explain", "--granule", "16K"], "4K granule"),
+    (["explain", "--arch", "x86", "--cpu-features", "tlbi-range"], "unknown CPU feature"),
+    (["explain", "--arch", "x86", "--granule", "16K"], "4K granule"),
     (["explain", "--mem", "5000"], "not a multiple"),
     (["nonsense"], "invalid choice"),
+    (["explain", "--folio", "16K,64K"], "one value of --folio"),
 ]
 
 
@@ -132,3 +133,11 @@ def test_presets_doc_is_current() -> None:
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "presets.md"
     assert doc.read_text() == presets_markdown(), "regenerate: ptesim presets --markdown > docs/presets.md"
+
+
+def test_decomposition_columns_are_the_cost_model_categories() -> None:
+    """The CLI's column order is the cost model's category order."""
+    from ptesim.cost.commands import CATEGORIES
+    from ptesim.cost.model import CATEGORIES as MODEL_CATEGORIES
+
+    assert CATEGORIES == MODEL_CATEGORIES

@@ -148,7 +148,7 @@ def test_whatif_subset(monkeypatch: pytest.MonkeyPatch) -> None:
         (["wis", "--preset", "v6.9", "--granule", "8K"], "8K"),
         (["wis", "--preset", "v6.9", "--folio", "1M", "--mem", "512K"], "1M"),
         (["latency", "fork", "--preset", "v0"], "v0"),
-        (["latency", "cow", "--features", "tlbi-range,warp"], "warp"),
+        (["latency", "cow", "--cpu-features", "tlbi-range,warp"], "warp"),
         (["calibrate", "--fit", "scv", "--holdout-sizes", "64K"], "--from-host"),
         (["calibrate", "--fit", "scv", "--table", "{bad_csv}"], "cpus"),
         (["calibrate", "--fit", "scv", "--table", "{bad_number}"], "oops"),

@@ -7,97 +7,35 @@ import json
 import sys
 from typing import Any
 
-from ptesim.arch import ARCHES, CPU_FEATURES
 from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
 from ptesim.events import SCHEMA_KEYS, with_aggregates
-from ptesim.kernel.config import FLAG_FIELDS, PRESETS, parse_overrides
-from ptesim.units import format_size, parse_size
+from ptesim.kernel.config import FLAG_FIELDS, PRESETS
+from ptesim.options import add_options, single
+from ptesim.units import format_size
 from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, run_scenario
 
-GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
+#: The shared options of the commands that build a model machine (see :mod:`ptesim.options`).
+MODEL_OPTIONS = ("arch", "preset", "set", "cpu_features", "granule", "folio", "mapping", "mem", "cpus")
 
 
-def add_model_options(p: argparse.ArgumentParser, *, mem: str = "1M", folio: str = "64K") -> None:
-    """Options shared by every command that builds a model machine."""
-    p.add_argument("--arch", default="x86", help=f"one of {', '.join(ARCHES)} (default x86)")
-    p.add_argument("--preset", default="v6.9", help="kernel preset (see 'ptesim presets')")
-    p.add_argument("--folio", default=folio, help=f"anonymous folio size, e.g. 4K, 64K, 2M (default {folio})")
-    p.add_argument(
-        "--mem",
-        default=None,
-        help=f"size of the populated mapping (default {mem}, or the folio size if larger)",
+def add_model_options(p: argparse.ArgumentParser, *, mem: str = "1M") -> None:
+    """The shared model options, plus the placement and invariant checks only the model commands have."""
+    add_options(
+        p,
+        *MODEL_OPTIONS,
+        defaults={"mem": mem, "cpus": "4"},
+        notes={"mem": "or the folio size if larger", "cpus": "CPUs of the model machine"},
     )
-    p.set_defaults(default_mem=mem)
-    p.add_argument("--granule", default="4K", help="arm64 translation granule: 4K, 16K or 64K")
-    p.add_argument(
-        "--cpu-features",
-        default=None,
-        help="comma-separated CPU features (e.g. tlbi-range,kpti); default: those the preset implies",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="FLAG=VALUE",
-        help="override one kernel flag of the preset (repeatable; see 'ptesim presets --flags')",
-    )
-    p.add_argument("--ncpus", type=int_arg(1, 1024), default=4, help="CPUs of the model machine (default 4)")
     p.add_argument("--placement", default="aligned", choices=("aligned", "malloc"), help="mapping placement")
     p.add_argument("--check", action="store_true", help="run every validate_* invariant after each operation")
 
 
-def spec_from_args(a: argparse.Namespace, *, trace_limit: int = 0) -> ModelSpec:
-    if a.arch not in ARCHES:
-        raise UsageError(f"unknown arch {a.arch!r}; known: {', '.join(ARCHES)}")
-    if a.preset not in PRESETS:
-        raise UsageError(f"unknown preset {a.preset!r}; known: {', '.join(PRESETS)}")
-    granule_key = a.granule.upper().removesuffix("B").removesuffix("I")
-    if granule_key not in GRANULES:
-        raise UsageError(f"bad granule {a.granule!r}: one of 4K, 16K, 64K")
-    granule = GRANULES[granule_key]
-    folio = parse_size(a.folio, what="--folio")
-    if a.mem is None:
-        a.mem = a.folio if folio > parse_size(a.default_mem) else a.default_mem
-    mem = parse_size(a.mem, what="--mem")
-    if folio % granule or (folio // granule) & (folio // granule - 1):
-        raise UsageError(
-            f"bad folio size {a.folio}: must be a power-of-two multiple of the {format_size(granule)} page"
-        )
-    if mem % granule:
-        raise UsageError(f"bad --mem {a.mem}: not a multiple of the {format_size(granule)} page")
-    if folio > mem:
-        raise UsageError(f"bad folio size {a.folio}: larger than the mapping ({a.mem})")
-    if not 1 <= a.ncpus <= 1024:
-        raise UsageError(f"bad --ncpus {a.ncpus}: between 1 and 1024")
-    features: frozenset[str] | None = None
-    if a.cpu_features is not None:
-        features = frozenset(f.strip() for f in a.cpu_features.split(",") if f.strip())
-        unknown = sorted(features - set(CPU_FEATURES[a.arch]))
-        if unknown:
-            raise UsageError(
-                f"unknown CPU feature {unknown[0]!r} for {a.arch}; known: {', '.join(CPU_FEATURES[a.arch])}"
-            )
-    spec = ModelSpec(
-        arch=a.arch,
-        preset=a.preset,
-        folio=folio,
-        mem=mem,
-        granule=granule,
-        cpu_features=features,
-        overrides=parse_overrides(a.set, a.arch),
-        ncpus=a.ncpus,
-        placement=a.placement,
-        checks=a.check,
-        trace_limit=trace_limit,
-    )
+def spec_from_args(a: argparse.Namespace, command: str, *, trace_limit: int = 0) -> ModelSpec:
+    """The one model machine of ``explain``/``trace``: the shared options, placement and checks."""
+    combo = single(a, command, grow_mem=True)
+    spec = combo.model_spec(placement=a.placement, checks=a.check, trace_limit=trace_limit)
     spec.config()  # validate overrides early
-    from ptesim.kernel.core import Kernel
-
-    g = Kernel(spec.arch, spec.config(), granule=spec.granule, cpu_features=spec.cpu_features, ncpus=1)
-    if folio > g.arch.geometry.pmd_size:
-        raise UsageError(
-            f"bad folio size {a.folio}: larger than the PMD size {format_size(g.arch.geometry.pmd_size)}"
-        )
     return spec
 
 
@@ -218,7 +156,7 @@ def explain_json(res: Any) -> dict[str, Any]:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    spec = spec_from_args(a)
+    spec = spec_from_args(a, "explain")
     if a.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
     res = run_scenario(spec, a.scenario)
@@ -268,7 +206,7 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
 
 def cmd_trace(a: argparse.Namespace) -> int:
-    spec = spec_from_args(a, trace_limit=a.limit)
+    spec = spec_from_args(a, "trace", trace_limit=a.limit)
     if a.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
     res = run_scenario(spec, a.scenario)

@@ -8,16 +8,25 @@ import io
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ptesim.cost.calibrate import Cell, FitResult, fit
-from ptesim.cost.model import CATEGORIES, Change, IterationTime
-from ptesim.cost.profile import Profile, dump_profile, load_profile, resolve_parameter
 from ptesim.errors import UsageError
+from ptesim.options import (
+    Combination,
+    add_options,
+    default_profile,
+    given,
+    mapping_kwargs,
+    only,
+    single,
+)
 from ptesim.report.tables import markdown_table
 from ptesim.units import format_size, parse_cpu_list, parse_size
 
-GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
+if TYPE_CHECKING:  # the cost model imports numpy and scipy: only the commands that price load it
+    from ptesim.cost.calibrate import FitResult
+    from ptesim.cost.model import Change, IterationTime
+    from ptesim.cost.profile import Profile
 
 #: Column titles of the decomposition (percentage points of the change).
 CATEGORY_TITLES = {
@@ -27,59 +36,37 @@ CATEGORY_TITLES = {
     "queueing": "queueing",
     "other": "other",
 }
+#: The categories in column order: ``ptesim.cost.model.CATEGORIES`` (a test keeps them equal), spelled
+#: here so that building the parser does not import the cost model (numpy, scipy).
+CATEGORIES = tuple(CATEGORY_TITLES)
 
 
 # -- argument helpers ------------------------------------------------------------------------------
 
 
 def _profile(name: str, arch: str | None = None) -> Profile:
+    from ptesim.cost.profile import load_profile
+
     prof = load_profile(name)
     if arch is not None and prof.arch != arch:
         raise UsageError(f"profile {prof.name} is for {prof.arch}, not {arch} (choose a {arch} profile)")
     return prof
 
 
-def _granule(text: str) -> int:
-    key = text.upper().removesuffix("B").removesuffix("I")
-    if key not in GRANULES:
-        raise UsageError(f"bad granule {text!r}: one of 4K, 16K, 64K")
-    return GRANULES[key]
+def _priced(c: Combination) -> tuple[Profile, list[str] | None]:
+    """The profile that prices ``c`` and the CPU features of the run: ``--cpu-features``, else those of
+    the machine the profile describes."""
+    profile = _profile(c.profile_name(), c.arch)
+    if c.cpu_features is not None:
+        return profile, list(c.cpu_features)
+    return profile, sorted(profile.cpu_features) if profile.cpu_features else None
 
 
-def _features(text: str | None, profile: Profile) -> list[str] | None:
-    """``--features``: None keeps the profile's; ``""`` means none; otherwise a comma list."""
-    if text is None:
-        return sorted(profile.cpu_features) if profile.cpu_features else None
-    feats = [f.strip() for f in text.split(",") if f.strip()]
-    from ptesim.arch import CPU_FEATURES
-
-    known = CPU_FEATURES[profile.arch]
-    for f in feats:
-        if f not in known:
-            raise UsageError(f"unknown CPU feature {f!r} for {profile.arch}; known: {', '.join(known)}")
-    return feats
-
-
-def _folio(text: str, granule: int, mem: int) -> int:
-    folio = parse_size(text, what="--folio")
-    pages = folio // granule
-    if folio % granule or pages & (pages - 1):
-        raise UsageError(
-            f"bad folio size {text}: must be a power-of-two multiple of the {format_size(granule)} page"
-        )
-    if folio > mem:
-        raise UsageError(f"bad folio size {text}: larger than the mapping ({format_size(mem)})")
-    if mem % granule:
-        raise UsageError(f"bad --mem {format_size(mem)}: not a multiple of the {format_size(granule)} page")
-    return folio
-
-
-def _preset(name: str) -> str:
-    from ptesim.kernel.config import PRESETS
-
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return name
+def _baseline(c: Combination) -> tuple[str, dict[str, str], str]:
+    """Preset, overrides and label of the kernel ``c`` is compared with (``--baseline``)."""
+    if c.baseline is None or c.baseline == "nocont":
+        return c.preset, {**c.override_dict(), "contpte": "n"}, f"{c.preset} without PTE_CONT"
+    return c.baseline, c.override_dict(), c.baseline
 
 
 def _decomp_row(ch: Change) -> list[str]:
@@ -104,8 +91,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.what != "seed":
         raise UsageError(f"reproduce: unknown table {args.what!r} (known: seed)")
-    profile = _profile(args.profile, "arm64")
-    mem = format_size(parse_size(args.mem, what="--mem"))
+    profile = _profile(default_profile(args), "arm64")
+    mem = format_size(only(args, "mem", "reproduce"))
     rep = reproduce(profile, heldout=not args.no_heldout, mem=mem, curve=bool(args.plot))
     held = rep.heldout
     if args.plot:
@@ -211,23 +198,15 @@ def _wis(args: argparse.Namespace) -> int:
     from ptesim.cost.runs import prefetch
     from ptesim.workloads.wis import wis_rows, wis_spec, work_of
 
-    profile = _profile(args.profile)
-    arch = args.arch or profile.arch
-    if arch != profile.arch:
-        raise UsageError(f"profile {profile.name} is for {profile.arch}, not {arch}")
-    preset = _preset(args.preset)
-    feats = _features(args.features, profile)
-    cpus = parse_cpu_list(args.cpus)
-    granule = _granule(args.granule)
-    mem = parse_size(args.mem, what="--mem")
-    folio = _folio(args.folio, granule, mem)
-    if args.baseline == "nocont":
-        base_preset, base_ov, base_label = preset, {"contpte": "n"}, f"{preset} without PTE_CONT"
-    else:
-        base_preset, base_ov, base_label = _preset(args.baseline), {}, args.baseline
+    c = single(args, "wis", fields=("arch", "preset", "granule", "folio", "mem"))
+    profile, feats = _priced(c)
+    arch, preset, granule, folio, mem = c.arch, c.preset, c.granule, c.folio, c.mem
+    cpus = list(args.cpus)
+    base_preset, base_ov, base_label = _baseline(c)
     kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
-    var_spec = wis_spec(arch, preset, **kw)
+    var_spec = wis_spec(arch, preset, overrides=c.override_dict(), **kw)
     base_spec = wis_spec(arch, base_preset, overrides=base_ov, **kw)
+    mapping_kwargs(c.mapping, type(var_spec))
     prefetch([var_spec, base_spec])
     rows = wis_rows(work_of(var_spec), work_of(base_spec), profile, cpus)
     if args.json:
@@ -293,27 +272,20 @@ def _wis(args: argparse.Namespace) -> int:
 
 
 def _latency(args: argparse.Namespace) -> int:
-    from ptesim.workloads.latency import OPS, host_preset, latency_spec, latency_time
+    from ptesim.workloads.latency import OPS, latency_spec, latency_time
 
     if args.op not in OPS:
         raise UsageError(f"unknown operation {args.op!r} (expected one of {', '.join(OPS)})")
-    profile = _profile(args.profile)
-    arch = args.arch or profile.arch
-    if arch != profile.arch:
-        raise UsageError(f"profile {profile.name} is for {profile.arch}, not {arch}")
-    preset = _preset(args.preset or host_preset(profile))
-    granule = _granule(args.granule)
-    mem = parse_size(args.mem, what="--mem")
-    folio = _folio(args.folio, granule, mem)
-    spec = latency_spec(
-        args.op,
-        arch,
-        preset,
-        folio=folio,
-        mem=mem,
-        granule=granule,
-        cpu_features=_features(args.features, profile),
-    )
+    c = single(args, "latency", fields=("arch", "preset", "granule", "folio", "mem"))
+    profile, feats = _priced(c)
+    arch, preset, granule, folio, mem = c.arch, c.preset, c.granule, c.folio, c.mem
+    kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
+    spec = latency_spec(args.op, arch, preset, overrides=c.override_dict(), **kw)
+    mapping_kwargs(c.mapping, type(spec))
+    base = None
+    if c.baseline is not None:
+        base_preset, base_ov, base_label = _baseline(c)
+        base = latency_time(latency_spec(args.op, arch, base_preset, overrides=base_ov, **kw), profile)
     t = latency_time(spec, profile)
     if args.json:
         print(
@@ -328,18 +300,32 @@ def _latency(args: argparse.Namespace) -> int:
                     "granule": format_size(granule),
                     "ms": round(t.cycle_ns / 1e6, 6),
                     "by_category": _time_dict(t),
+                    **(
+                        {
+                            "baseline": base_label,
+                            "baseline_ms": round(base.cycle_ns / 1e6, 6),
+                            "change_pct": round(100.0 * (t.cycle_ns / base.cycle_ns - 1.0), 3),
+                        }
+                        if base is not None
+                        else {}
+                    ),
                 },
                 indent=2,
             )
         )
         return 0
     parts = ", ".join(
-        f"{CATEGORY_TITLES[c]} {t.by_category[c] / 1e6:.3f}" for c in CATEGORIES if t.by_category[c]
+        f"{CATEGORY_TITLES[k]} {t.by_category[k] / 1e6:.3f}" for k in CATEGORIES if t.by_category[k]
     )
     print(
         f"{args.op}: {arch} {preset}, {format_size(mem)} of {format_size(folio)} folios "
         f"({format_size(granule)} pages), profile {profile.name}: {t.cycle_ns / 1e6:.3f} ms ({parts} ms)"
     )
+    if base is not None:
+        print(
+            f"baseline {base_label}: {base.cycle_ns / 1e6:.3f} ms; "
+            f"change {100.0 * (t.cycle_ns / base.cycle_ns - 1.0):+.1f}%"
+        )
     return 0
 
 
@@ -382,6 +368,8 @@ def _read_table(path: str) -> list[tuple[str, int, float]]:
 
 def _apply_start(profile: Profile, text: str | None) -> Profile:
     """``--start seed`` or ``--start name=value,...``: initial values before fitting."""
+    from ptesim.cost.profile import resolve_parameter
+
     if not text:
         return profile
     if text == "seed":
@@ -452,7 +440,7 @@ def _print_fit(res: FitResult, unit: str, as_json: bool) -> None:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The calibrate command as it could be typed again (for provenance)."""
-    parts = ["ptesim", "calibrate", "--profile", args.profile]
+    parts = ["ptesim", "calibrate", "--profile", default_profile(args)]
     for opt, val in (
         ("--from-host", args.from_host),
         ("--table", args.table),
@@ -468,7 +456,9 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    profile = _profile(args.profile)
+    from ptesim.cost.profile import dump_profile, resolve_parameter
+
+    profile = _profile(default_profile(args))
     names = [n.strip() for n in args.fit.split(",") if n.strip()]
     params = profile.parameters()
     for n in names:
@@ -513,13 +503,14 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _fit_table(
     args: argparse.Namespace, profile: Profile, names: list[str], holdout: list[int], command: str
 ) -> FitResult:
+    from ptesim.cost.calibrate import Cell, fit
     from ptesim.cost.seed import VARIANTS, seed_cells, seed_work
 
     if profile.arch != "arm64":
         raise UsageError(
             f"calibrate --table: the seed workload runs on arm64; profile {profile.name} is {profile.arch}"
         )
-    mem = format_size(parse_size(args.mem, what="--mem"))
+    mem = format_size(only(args, "mem", "calibrate"))
     work = seed_work(profile, mem=mem)
     if args.table is None:
         cells = seed_cells(work)
@@ -548,7 +539,7 @@ def _whatif_op(args: argparse.Namespace) -> int:
 
     op = args.op
     op_configs(op)  # validates the operation before any model run
-    mem = args.mem if args.mem is not None else "64M"
+    mem = format_size(only(args, "mem", "whatif")) if given(args, "mem") else "64M"
     rows = whatif_op(op, mem=mem)
     if args.json:
         print(
@@ -613,16 +604,15 @@ def _whatif(args: argparse.Namespace) -> int:
 
     if args.op != "fork":
         return _whatif_op(args)
-    if args.mem is None:
-        args.mem = "128M"
-    cpus = parse_cpu_list(args.cpus)
-    rows = whatif(cpus, mem=args.mem, fork_mem=args.fork_mem)
+    cpus = list(args.cpus)
+    mem = format_size(only(args, "mem", "whatif"))
+    rows = whatif(cpus, mem=mem, fork_mem=args.fork_mem)
     if args.json:
         print(
             json.dumps(
                 {
                     "cpus": cpus,
-                    "mem": parse_size(args.mem),
+                    "mem": parse_size(mem),
                     "fork_mem": parse_size(args.fork_mem),
                     "rows": [
                         {
@@ -661,7 +651,7 @@ def _whatif(args: argparse.Namespace) -> int:
     ]
     print(
         "Change from batching PTEs during fork (before -> after), predicted by the model.\n"
-        f"will-it-scale fork and exit ({args.mem} per worker, steady state): change in iterations/s; "
+        f"will-it-scale fork and exit ({mem} per worker, steady state): change in iterations/s; "
         f"{args.fork_mem} fork: change in latency of one process's first fork (negative = faster).\n"
     )
     print(
@@ -693,48 +683,45 @@ def register(sub: Any) -> None:
 
     p = add("reproduce", help="reproduce a published table with the model (seed)")
     p.add_argument("what", help="which table: seed")
-    p.add_argument("--profile", default="altra")
-    p.add_argument("--mem", default="128M", help="buffer per worker (default 128M, as published)")
+    add_options(
+        p, "profile", "mem", defaults={"mem": "128M"}, notes={"mem": "buffer per worker, as published"}
+    )
     p.add_argument("--plot", metavar="PNG", help="plot published points and model curves")
     p.add_argument("--json", action="store_true")
     p.add_argument("--detail", action="store_true", help="with --json: add decomposition and provenance")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out refit")
     p.set_defaults(handler=_reproduce)
 
+    priced = ("arch", "preset", "set", "cpu_features", "granule", "folio", "mapping", "mem")
     p = add("wis", help="will-it-scale fork-and-exit throughput from the model")
-    p.add_argument("--arch", default=None, help="default: the profile's arch")
-    p.add_argument("--profile", default="altra")
-    p.add_argument("--preset", required=True)
-    p.add_argument(
-        "--baseline", default="nocont", help="baseline preset (default: the same preset with PTE_CONT off)"
+    add_options(
+        p,
+        *priced,
+        "cpus",
+        "profile",
+        "baseline",
+        defaults={"mem": "128M", "cpus": "1,8,16,24,32"},
+        notes={
+            "mem": "buffer per worker",
+            "cpus": "busy CPUs, one worker each",
+            "baseline": "default nocont",
+        },
     )
-    p.add_argument("--folio", default="64K")
-    p.add_argument("--mem", default="128M")
-    p.add_argument("--granule", default="4K")
-    p.add_argument("--cpus", default="1,8,16,24,32")
-    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the profile's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_wis)
 
     p = add("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
     p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages, cow, mprotect or mremap")
-    p.add_argument("--arch", default=None, help="default: the profile's arch")
-    p.add_argument("--profile", default="altra")
-    p.add_argument("--preset", default=None, help="default: the profile's preset")
-    p.add_argument("--folio", default="64K")
-    p.add_argument("--mem", default="1G")
-    p.add_argument("--granule", default="4K")
-    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the profile's)")
+    add_options(p, *priced, "profile", "baseline", defaults={"mem": "1G"})
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_latency)
 
     p = add("calibrate", help="least-squares fit of profile parameters to a measured table")
     p.add_argument("--table", help="CSV: cpus,before_opt_pct,after_opt_pct (default: the seed table)")
-    p.add_argument("--profile", default="altra")
+    add_options(p, "profile", "mem", defaults={"mem": "128M"}, notes={"mem": "buffer per worker of the seed"})
     p.add_argument("--fit", default="", help="parameters to fit, comma separated")
     p.add_argument("--holdout", default="", help="CPU counts left out of the fit")
     p.add_argument("--start", default=None, help="'seed' or name=value,... : initial values")
-    p.add_argument("--mem", default="128M", help="buffer per worker of the seed workload")
     p.add_argument(
         "--from-host", metavar="JSON", help="fit per-PTE/per-batch costs to 'ptesim host <op> --json'"
     )
@@ -755,9 +742,12 @@ def register(sub: Any) -> None:
         default="fork",
         help="fork (will-it-scale and fork latency), or munmap, mprotect, mremap (latency of one operation)",
     )
-    p.add_argument("--cpus", default="1,8,16,32")
-    p.add_argument(
-        "--mem", default=None, help="will-it-scale buffer per worker (128M), or the mapping of --op (64M)"
+    add_options(
+        p,
+        "cpus",
+        "mem",
+        defaults={"cpus": "1,8,16,32", "mem": "128M"},
+        notes={"mem": "will-it-scale buffer per worker; with --op munmap/mprotect/mremap the mapping (64M)"},
     )
     p.add_argument("--fork-mem", default="1G", help="mapping of the single-process fork")
     p.add_argument("--json", action="store_true")

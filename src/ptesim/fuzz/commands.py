@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptesim.arch import ARCHES, CPU_FEATURES
+from ptesim.arch import ARCHES
 from ptesim.errors import UsageError
 from ptesim.fuzz.program import Program, Target
 from ptesim.kernel.config import PRESETS
+from ptesim.options import add_options, single
 
 if TYPE_CHECKING:
     from ptesim.fuzz.machine import FuzzResult
 
-GRANULES = {"4K": 4096, "16K": 16384, "64K": 65536}
 #: a saved program is a few KiB; a bigger --replay file is refused before it is parsed
 PROGRAM_MAX_BYTES = 16 << 20
 
@@ -33,28 +33,12 @@ def _int(text: str, what: str, lo: int, hi: int) -> int:
 
 
 def target_from_args(a: argparse.Namespace) -> Target:
-    if a.arch not in ARCHES:
-        raise UsageError(f"unknown arch {a.arch!r}; known: {', '.join(ARCHES)}")
-    if a.preset not in PRESETS:
-        raise UsageError(f"unknown preset {a.preset!r}; known: {', '.join(PRESETS)}")
-    key = a.granule.upper().removesuffix("B").removesuffix("I")
-    if key not in GRANULES:
-        raise UsageError(f"bad granule {a.granule!r}: one of 4K, 16K, 64K")
-    if a.arch != "arm64" and key != "4K":
-        raise UsageError(f"{a.arch} has only a 4K granule, not {a.granule}")
-    features = None
-    if a.features is not None:
-        features = tuple(f.strip() for f in a.features.split(",") if f.strip())
-        unknown = sorted(set(features) - set(CPU_FEATURES[a.arch]))
-        if unknown:
-            raise UsageError(
-                f"unknown CPU feature {unknown[0]!r} for {a.arch}; known: {', '.join(CPU_FEATURES[a.arch])}"
-            )
+    c = single(a, "fuzz", fields=("arch", "preset", "granule"))
     if a.mutant is not None:
         from ptesim.mutants import mutant
 
         mutant(a.mutant)
-    return Target(a.arch, a.preset, GRANULES[key], features, a.mutant)
+    return Target(c.arch, c.preset, c.granule, c.cpu_features, a.mutant)
 
 
 def _violation_json(res: FuzzResult) -> list[dict[str, Any]]:
@@ -218,10 +202,7 @@ def cmd_mutants(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("fuzz", help="random programs on the model, every invariant checked after each step")
-    p.add_argument("--arch", default="arm64", help=f"one of {', '.join(ARCHES)} (default arm64)")
-    p.add_argument("--preset", default="v6.9", help="kernel preset (see 'ptesim presets')")
-    p.add_argument("--granule", default="4K", help="arm64 translation granule: 4K, 16K or 64K")
-    p.add_argument("--features", default=None, help="CPU features, comma separated (default: the preset's)")
+    add_options(p, "arch", "preset", "cpu_features", "granule")
     p.add_argument("--examples", default="200", help="programs to run (default 200)")
     p.add_argument("--steps", default="25", help="most steps per program (default 25)")
     p.add_argument("--seed", default="0", help="random seed (default 0)")

@@ -11,7 +11,7 @@ cost is left out, exactly as host mode's ``net_ms`` takes the measuring process'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ptesim.cost.model import IterationTime, Work, iteration_time, merge_phases
 from ptesim.cost.profile import Profile, load_profile
@@ -41,10 +41,20 @@ def latency_spec(
     mem: int,
     granule: int = 4096,
     cpu_features: Iterable[str] | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> RunSpec:
     if op not in OPS:
         raise UsageError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
-    return run_spec(op, arch, preset, folio=folio, mem=mem, granule=granule, cpu_features=cpu_features)
+    return run_spec(
+        op,
+        arch,
+        preset,
+        folio=folio,
+        mem=mem,
+        granule=granule,
+        cpu_features=cpu_features,
+        overrides=overrides,
+    )
 
 
 def latency_work(spec: RunSpec) -> Work:
