@@ -62,6 +62,14 @@ class KernelConfig:
         "Large folios keep a total mapcount (_large_mapcount) updated beside per-page mapcounts.",
         "'mm: track mapcount of large folios in single value' (v6.11)",
     )
+    no_page_mapcount: bool = _flag(
+        False,
+        "CONFIG_NO_PAGE_MAPCOUNT: large folios keep no per-page _mapcount, so PTE (un)mapping a batch "
+        "updates only the folio-wide counters (_large_mapcount and the MM owner's mapcount).  The "
+        "option is EXPERIMENTAL and off by default, so no preset sets it; use --set.",
+        "David Hildenbrand, 'MM owner tracking for large folios (+ CONFIG_NO_PAGE_MAPCOUNT)' (LKML "
+        "20250303163014.1128035-1, v6.15)",
+    )
     wp_reuse_large: bool = _flag(
         False,
         "do_wp_page may reuse an exclusively owned large anonymous folio instead of copying (one PTE "

@@ -32,6 +32,14 @@ def folio_needs_cow_for_dma(vma: Vma, folio: Folio) -> bool:
     return vma.mm.has_pinned and folio.maybe_dma_pinned()
 
 
+def _page_mapcount_atomic(folio: Folio, mm: MmStruct) -> None:
+    """One atomic on a page's _mapcount -- unless the kernel is built with CONFIG_NO_PAGE_MAPCOUNT
+    (v6.15, 20250303163014.1128035-1), where large folios keep no per-page mapcount (the model
+    still tracks it, uncounted, for its checks)."""
+    if not (folio.large and mm.kernel.cfg.no_page_mapcount):
+        emit("mapcount", mm=mm)
+
+
 @kfunc
 def folio_try_dup_anon_rmap_ptes(folio: Folio, page: int, nr: int, src_vma: Vma, dst_mm: MmStruct) -> int:
     """__folio_try_dup_anon_rmap(RMAP_LEVEL_PTE): share ``nr`` pages with the child.
@@ -48,7 +56,7 @@ def folio_try_dup_anon_rmap_ptes(folio: Folio, page: int, nr: int, src_vma: Vma,
         if folio.anon_exclusive[i]:
             emit("anon_exclusive", mm=dst_mm)
             folio.anon_exclusive[i] = False
-        emit("mapcount", mm=dst_mm)
+        _page_mapcount_atomic(folio, dst_mm)
         folio.mapcount[i] += 1
     if cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=dst_mm)
@@ -80,7 +88,7 @@ def folio_try_dup_anon_rmap_pmd(folio: Folio, src_vma: Vma, dst_mm: MmStruct) ->
 def folio_dup_file_rmap_ptes(folio: Folio, page: int, nr: int, dst_mm: MmStruct) -> None:
     __folio_rmap_sanity_checks(folio, page, nr)
     for i in range(page, page + nr):
-        emit("mapcount", mm=dst_mm)
+        _page_mapcount_atomic(folio, dst_mm)
         folio.mapcount[i] += 1
     if dst_mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=dst_mm)
@@ -97,7 +105,7 @@ def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool 
         folio.entire_mapcount = 1
     else:
         for i in range(folio.nr_pages):
-            emit("mapcount", mm=mm)
+            _page_mapcount_atomic(folio, mm)
             folio.mapcount[i] = 1
     for i in range(folio.nr_pages):
         folio.anon_exclusive[i] = True
@@ -111,7 +119,7 @@ def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool 
 def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
     __folio_rmap_sanity_checks(folio, page, nr)
     for i in range(page, page + nr):
-        emit("mapcount", mm=vma.mm)
+        _page_mapcount_atomic(folio, vma.mm)
         folio.mapcount[i] += 1
     if vma.mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=vma.mm)
@@ -124,7 +132,7 @@ def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
     __folio_rmap_sanity_checks(folio, page, nr)
     mm = vma.mm
     for i in range(page, page + nr):
-        emit("mapcount", mm=mm)
+        _page_mapcount_atomic(folio, mm)
         folio.mapcount[i] -= 1
         if folio.mapcount[i] < 0:
             raise AssertionError(f"mapcount underflow on page {i} of {folio!r}")
