@@ -15,6 +15,9 @@ import pytest
 from ptesim.host.sysfs import THP_ROOT, ThpSysfs
 from ptesim.kernel.core import Kernel
 
+# Tests run the model afresh: no counts from an earlier run's on-disk cache.
+os.environ["PTESIM_CACHE_DIR"] = "off"
+
 KiB = 1024
 MiB = 1 << 20
 

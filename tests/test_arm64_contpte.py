@@ -160,7 +160,30 @@ def test_flush_tlb_range_algorithm() -> None:
         assert isinstance(arch, Arm64)
         with k.sink.operation("munmap"):
             arch.raw_flush_tlb_range(t.mm, 0, pages * 4096, 4096, True, 3)
-        assert dict(k.sink.totals()) == want, (feats, pages)
+        got = dict(k.sink.totals())
+        # t's mm is live on the issuing CPU: every page/range TLBI also carries the qualifier.
+        live = got.pop("tlbi_live_asid", 0)
+        assert live == got.get("tlbi_page_bcast", 0) + got.get("tlbi_range_bcast", 0), (feats, pages)
+        assert got.pop("dsb_live_asid", 0) == got.get("dsb_ish", 0), (feats, pages)
+        assert got == want, (feats, pages)
+
+
+def test_live_asid_qualifier_follows_the_issuing_cpu() -> None:
+    """A flush for the mm the issuing CPU runs carries ``tlbi_live_asid``; one for a child mm that
+    has never run (the fold of a child block in dup_mmap) does not."""
+    k = Kernel("arm64", "v6.9")
+    parent = k.spawn(0)
+    arch = k.arch
+    assert isinstance(arch, Arm64)
+    child_mm = k.new_mm()
+    with k.operation(parent, "fork", child_mm=child_mm):
+        arch.raw_flush_tlb_range(child_mm, 0, 16 * 4096, 4096, True, 3)
+        arch.raw_flush_tlb_range(parent.mm, 0, 16 * 4096, 4096, True, 3)
+    by_phase = k.sink.by_phase()
+    assert by_phase["fork_child"]["tlbi_page_bcast"] == 16
+    assert by_phase["fork_child"]["tlbi_live_asid"] == 0
+    assert by_phase["fork_parent"]["tlbi_live_asid"] == 16
+    assert by_phase["fork_child"]["dsb_live_asid"] == 0 and by_phase["fork_parent"]["dsb_live_asid"] == 1
 
 
 def test_convert_without_flush_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:

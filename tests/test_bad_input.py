@@ -154,6 +154,8 @@ CORPUS: list[tuple[list[str], str]] = [
     (["wis", "--preset", "v6.9", "--cpu-features", "hyperdrive"], "hyperdrive"),
     (["latency", "teleport"], "teleport"),
     (["latency", "fork", "--mem", "1Q"], "1Q"),
+    (["latency", "fork", "--folio", "2M", "--mapping", "sideways"], "sideways"),
+    (["explain", "--mapping", "sideways"], "sideways"),
     (["latency", "fork", "--profile", "{negative.toml}"], "pte_write"),
     (["calibrate", "--table", "/nonexistent/t.csv"], "t.csv"),
     (["calibrate", "--fit", "no_such_param"], "no_such_param"),

@@ -136,7 +136,8 @@ def test_whatif_subset(monkeypatch: pytest.MonkeyPatch) -> None:
         r = rows[label]
         assert r.wis[1].change_pct == pytest.approx(r.wis[0].change_pct, abs=0.01)
         assert r.fork_change_pct < 0
-    assert whatif_mod.calibration_label(arm.profile).startswith("altra: 4 calibrated (seed)")
+    label = whatif_mod.calibration_label(arm.profile)
+    assert label.startswith("altra: ") and " calibrated (" in label
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,17 @@ from ptesim.cost.model import CATEGORIES
 from ptesim.cost.seed import published
 
 SCHEMA = {"rows", "max_abs_error_pp", "heldout", "parameters"}
-ROW_KEYS = {"cpus", "published_before", "model_before", "published_after", "model_after"}
+ROW_KEYS = {
+    "cpus",
+    "published_before",
+    "model_before",
+    "published_after",
+    "model_after",
+    "model_before_lo",
+    "model_before_hi",
+    "model_after_lo",
+    "model_after_hi",
+}
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

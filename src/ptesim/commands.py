@@ -13,7 +13,7 @@ from ptesim.events import SCHEMA_KEYS, with_aggregates
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
 from ptesim.options import add_options, single
 from ptesim.units import format_size
-from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, run_scenario
+from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, folio_label, run_scenario
 
 #: The shared options of the commands that build a model machine (see :mod:`ptesim.options`).
 MODEL_OPTIONS = ("arch", "preset", "set", "cpu_features", "granule", "folio", "mapping", "mem", "cpus")
@@ -140,6 +140,7 @@ def explain_json(res: Any) -> dict[str, Any]:
         "preset": spec.preset,
         "scenario": res.scenario,
         "folio": format_size(spec.folio),
+        "mapping": spec.mapping,
         "mem": format_size(spec.mem),
         "granule": format_size(spec.granule),
         "cpu_features": sorted(res.kernel.arch.features),
@@ -170,7 +171,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
 
     console = Console()
     title = (
-        f"{spec.arch} {spec.preset}, {a.scenario}: {data['mem']} of {data['folio']} folios"
+        f"{spec.arch} {spec.preset}, {a.scenario}: {data['mem']} of "
+        f"{folio_label(spec.folio, spec.mapping, res.kernel.arch.geometry.pmd_size)}"
         f" ({data['granule']} pages, {data['blocks']:g} × 64K blocks)"
     )
     phases = sorted(data["by_phase"])

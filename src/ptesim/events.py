@@ -50,6 +50,14 @@ PRIMITIVES: dict[str, str] = {
     "invlpgb": "one INVLPGB of a virtual range (AMD broadcast; up to invlpgb_count_max pages)",
     "invlpgb_pcid": "one INVLPGB of a whole PCID (AMD broadcast; a full flush of the mm)",
     "tlbsync": "one TLBSYNC: wait until this CPU's INVLPGBs completed on every CPU",
+    "tlbi_live_asid": (
+        "qualifier of a broadcast page or range TLBI (also counted as such) whose ASID is the one the "
+        "issuing CPU is running: the address space is live there, not a child that never ran"
+    ),
+    "dsb_live_asid": (
+        "qualifier of a DSB ISH (also counted as such) issued for the address space the issuing CPU is "
+        "running: the completion wait of invalidations of a live mm"
+    ),
     "dsb_ishst": "DSB ISHST: make prior stores visible to all walkers before a broadcast TLBI",
     "dsb_ish": "DSB ISH: wait for completion of broadcast TLBIs on every CPU",
     "dsb_nshst": "DSB NSHST: local store barrier before a local TLBI",
@@ -72,6 +80,10 @@ PRIMITIVES: dict[str, str] = {
     # other kernel events
     "fault": "one page fault taken by a user access",
     "rss_flush": "one add_mm_rss_vec (per-CPU counter update) per PTE-table walk",
+    "syscall": (
+        "one memory-management system call of a task (mmap, munmap, mprotect, mremap, madvise): entry "
+        "and exit, mmap_lock, the VMA lookup, mmu_gather set-up; fork and exit carry process_ns instead"
+    ),
 }
 
 #: Coarse keys of the JSON schema, each the sum of the fine keys listed.

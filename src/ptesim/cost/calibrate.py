@@ -88,6 +88,18 @@ class FitResult:
     message: str
     holdout_cpus: tuple[int, ...] = field(default_factory=tuple)
     starts: int = 1
+    at_bound: dict[str, str] = field(default_factory=dict)  # name -> "lower" | "upper"
+
+    def warnings(self) -> list[str]:
+        """One line per fitted value that ended on its physical bound."""
+        out = []
+        for k, side in self.at_bound.items():
+            b = self.profile.bounds[k]
+            out.append(
+                f"warning: {self.profile.name}: {k} = {self.fitted[k]:.4g} ended on its {side} physical "
+                f"bound {b.lo if side == 'lower' else b.hi:.4g} ({b.source})"
+            )
+        return out
 
     @property
     def max_abs_error(self) -> float:
@@ -205,8 +217,18 @@ def fit(
         p = with_x(x)
         return np.array([_residual(c, m) for c, m in zip(train, predict(train, p), strict=True)])
 
-    upper = np.array([math.log(UPPER.get(k, 1e12)) for k in keys])
-    lower = np.full(len(keys), math.log(1e-9))
+    # A profile's [bounds] are the physical range of each value: the fit cannot leave them.
+    upper = np.array(
+        [
+            math.log(max(profile.bounds[k].hi, 1e-9)) if k in profile.bounds else math.log(UPPER.get(k, 1e12))
+            for k in keys
+        ]
+    )
+    lower = np.array(
+        [math.log(max(profile.bounds[k].lo, 1e-9)) if k in profile.bounds else math.log(1e-9) for k in keys]
+    )
+    upper = np.maximum(upper, lower + 1e-6)
+    base = np.clip(base, lower, upper)
     best = None
     tried = 0
     for mult in starts if starts is not None else default_starts(len(keys)):
@@ -232,6 +254,11 @@ def fit(
         raise UsageError("calibrate: the fit failed from every starting point")
     fitted_profile = with_x(best.x)
     fitted = {k: float(math.exp(v)) for k, v in zip(keys, best.x, strict=True)}
+    at_bound = {
+        k: ("lower" if best.x[i] - lower[i] < math.log(1.01) else "upper")
+        for i, k in enumerate(keys)
+        if k in profile.bounds and min(best.x[i] - lower[i], upper[i] - best.x[i]) < math.log(1.01)
+    }
     prov = dict(fitted_profile.provenance)
     what = source or "least-squares fit to " + ", ".join(sorted({c.label.split()[0] for c in train}))
     for k in keys:
@@ -249,4 +276,5 @@ def fit(
         message=str(best.message),
         holdout_cpus=tuple(holdout_cpus),
         starts=tried,
+        at_bound=at_bound,
     )

@@ -6,7 +6,9 @@ import argparse
 import csv
 import io
 import json
+import math
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,20 @@ def _baseline(c: Combination) -> tuple[str, dict[str, str], str]:
     if c.baseline is None or c.baseline == "nocont":
         return c.preset, {**c.override_dict(), "contpte": "n"}, f"{c.preset} without PTE_CONT"
     return c.baseline, c.override_dict(), c.baseline
+
+
+def run_spec_type() -> type:
+    from ptesim.cost.runs import RunSpec
+
+    return RunSpec
+
+
+def _folio_label(granule: int, folio: int, mapping: str) -> str:
+    """``64K folios`` or, for a PMD-sized folio, which mapping ran."""
+    from ptesim.workloads.scenarios import folio_label
+
+    # A PTE table is one granule of 8-byte entries, so one PMD maps granule / 8 granules.
+    return folio_label(folio, mapping, granule * (granule // 8))
 
 
 def _decomp_row(ch: Change) -> list[str]:
@@ -141,10 +157,10 @@ def _reproduce(args: argparse.Namespace) -> int:
             [
                 str(r["cpus"]),
                 f"{r['published_before']:+.1f}%",
-                f"{r['model_before']:+.1f}%",
+                f"{r['model_before']:+.1f}% ({r['model_before_lo']:+.1f}…{r['model_before_hi']:+.1f})",
                 f"{r['model_before'] - r['published_before']:+.1f}",
                 f"{r['published_after']:+.1f}%",
-                f"{r['model_after']:+.1f}%",
+                f"{r['model_after']:+.1f}% ({r['model_after_lo']:+.1f}…{r['model_after_hi']:+.1f})",
                 f"{r['model_after'] - r['published_after']:+.1f}",
             ]
         )
@@ -154,7 +170,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     )
     print(
         markdown_table(
-            ["cpus", "before opt", "model", "error pp", "after opt", "model", "error pp"],
+            ["cpus", "before opt", "model (90%)", "error pp", "after opt", "model (90%)", "error pp"],
             rows,
         )
     )
@@ -204,11 +220,19 @@ def _wis(args: argparse.Namespace) -> int:
     cpus = list(args.cpus)
     base_preset, base_ov, base_label = _baseline(c)
     kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
+    kw.update(mapping_kwargs(c.mapping, run_spec_type()))
     var_spec = wis_spec(arch, preset, overrides=c.override_dict(), **kw)
     base_spec = wis_spec(arch, base_preset, overrides=base_ov, **kw)
-    mapping_kwargs(c.mapping, type(var_spec))
     prefetch([var_spec, base_spec])
-    rows = wis_rows(work_of(var_spec), work_of(base_spec), profile, cpus)
+    var_work, base_work = work_of(var_spec), work_of(base_spec)
+    rows = wis_rows(var_work, base_work, profile, cpus)
+    from ptesim.cost.intervals import format_pct, log_interval
+    from ptesim.cost.model import change
+
+    def steady_log(n: int) -> Callable[[Profile], float]:
+        return lambda p: math.log1p(change(var_work.steady, base_work.steady, p, n).change_pct / 100.0)
+
+    ivs = [log_interval(steady_log(r.cpus), profile, "throughput") for r in rows]
     if args.json:
         print(
             json.dumps(
@@ -218,6 +242,7 @@ def _wis(args: argparse.Namespace) -> int:
                     "baseline": base_label,
                     "profile": profile.name,
                     "folio": format_size(folio),
+                    "mapping": c.mapping,
                     "mem": mem,
                     "granule": format_size(granule),
                     "results": [
@@ -228,9 +253,12 @@ def _wis(args: argparse.Namespace) -> int:
                             "baseline_steady_iterations_per_s": round(r.steady.baseline.iterations_per_s, 3),
                             "first_change_pct": round(r.first.change_pct, 3),
                             "steady_change_pct": round(r.steady.change_pct, 3),
+                            "steady_change_interval_pct": [round(v, 3) for v in iv.pct()[1:]]
+                            if iv.has_fit
+                            else None,
                             "steady_contributions": _decomp_dict(r.steady),
                         }
-                        for r in rows
+                        for r, iv in zip(rows, ivs, strict=True)
                     ],
                 },
                 indent=2,
@@ -243,14 +271,14 @@ def _wis(args: argparse.Namespace) -> int:
             f"{r.first.variant.iterations_per_s:,.0f}",
             f"{r.first.change_pct:+.1f}%",
             f"{r.steady.variant.iterations_per_s:,.0f}",
-            f"{r.steady.change_pct:+.1f}%",
+            format_pct(iv),
             *_decomp_row(r.steady),
         ]
-        for r in rows
+        for r, iv in zip(rows, ivs, strict=True)
     ]
     print(
         f"will-it-scale fork and exit: {preset} vs {base_label}, {arch} {format_size(granule)} pages, "
-        f"{format_size(folio)} folios, {format_size(mem)} per worker, profile {profile.name}\n"
+        f"{_folio_label(granule, folio, c.mapping)}, {format_size(mem)} per worker, profile {profile.name}\n"
     )
     print(
         markdown_table(
@@ -259,7 +287,7 @@ def _wis(args: argparse.Namespace) -> int:
                 "first it/s",
                 "first change",
                 "steady it/s",
-                "steady change",
+                "steady change (90%)",
                 *[f"{t} pp" for t in CATEGORY_TITLES.values()],
             ],
             out,
@@ -280,13 +308,16 @@ def _latency(args: argparse.Namespace) -> int:
     profile, feats = _priced(c)
     arch, preset, granule, folio, mem = c.arch, c.preset, c.granule, c.folio, c.mem
     kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
+    kw.update(mapping_kwargs(c.mapping, run_spec_type()))
     spec = latency_spec(args.op, arch, preset, overrides=c.override_dict(), **kw)
-    mapping_kwargs(c.mapping, type(spec))
     base = None
     if c.baseline is not None:
         base_preset, base_ov, base_label = _baseline(c)
         base = latency_time(latency_spec(args.op, arch, base_preset, overrides=base_ov, **kw), profile)
     t = latency_time(spec, profile)
+    from ptesim.cost.intervals import log_interval
+
+    iv = log_interval(lambda p: math.log(latency_time(spec, p).cycle_ns / 1e6), profile, "time")
     if args.json:
         print(
             json.dumps(
@@ -296,9 +327,13 @@ def _latency(args: argparse.Namespace) -> int:
                     "preset": preset,
                     "profile": profile.name,
                     "folio": format_size(folio),
+                    "mapping": c.mapping,
                     "mem": mem,
                     "granule": format_size(granule),
                     "ms": round(t.cycle_ns / 1e6, 6),
+                    "ms_interval": [round(math.exp(iv.lo), 6), round(math.exp(iv.hi), 6)]
+                    if iv.has_fit
+                    else None,
                     "by_category": _time_dict(t),
                     **(
                         {
@@ -317,9 +352,12 @@ def _latency(args: argparse.Namespace) -> int:
     parts = ", ".join(
         f"{CATEGORY_TITLES[k]} {t.by_category[k] / 1e6:.3f}" for k in CATEGORIES if t.by_category[k]
     )
+    folios = _folio_label(granule, folio, c.mapping)
     print(
-        f"{args.op}: {arch} {preset}, {format_size(mem)} of {format_size(folio)} folios "
-        f"({format_size(granule)} pages), profile {profile.name}: {t.cycle_ns / 1e6:.3f} ms ({parts} ms)"
+        f"{args.op}: {arch} {preset}, {format_size(mem)} of {folios} "
+        f"({format_size(granule)} pages), profile {profile.name}: {t.cycle_ns / 1e6:.3f} ms"
+        + (f" (90% interval {math.exp(iv.lo):.3f}…{math.exp(iv.hi):.3f})" if iv.has_fit else " (no fit)")
+        + f"; {parts} ms"
     )
     if base is not None:
         print(
@@ -413,6 +451,7 @@ def _print_fit(res: FitResult, unit: str, as_json: bool) -> None:
                     if any(c.heldout for c in res.cells)
                     else None,
                     "provenance": {k: res.profile.provenance[k] for k in res.fitted},
+                    "at_bound": res.at_bound,
                 },
                 indent=2,
             )
@@ -432,6 +471,8 @@ def _print_fit(res: FitResult, unit: str, as_json: bool) -> None:
     print(markdown_table(["cell", "cpus", "measured", "model", f"error {unit}", ""], rows))
     for k, v in res.fitted.items():
         print(f"{k} = {v:.6g} (start {res.initial[k]:.6g})")
+    for w in res.warnings():
+        print(w)
     line = f"max |error| fitted {res.fitted_max_abs_error:.2f} {unit}"
     if any(c.heldout for c in res.cells):
         line += f", held out {res.heldout_max_abs_error:.2f} {unit}"
@@ -455,9 +496,163 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _calibrate_tables(args: argparse.Namespace) -> int:
+    from ptesim.cost.tablefit import calibrate_tables
+    from ptesim.cost.validate import summary
+
+    if args.from_host or args.table:
+        raise UsageError("calibrate: give --tables, --table or --from-host, one of them")
+    names = [n.strip() for n in args.fit.split(",") if n.strip()] or None
+    holdout = [h.strip() for h in args.holdout.split(",") if h.strip()] if args.holdout else []
+    profile = given(args, "profile")
+    parts = ["ptesim", "calibrate", "--tables", *[Path(t).name for t in args.tables]]
+    if profile:
+        parts += ["--profile", str(args.profile)]
+    if names:
+        parts += ["--fit", ",".join(names)]
+    if holdout:
+        parts += ["--holdout", ",".join(holdout)]
+    command = " ".join(shlex.quote(p) for p in parts)
+    res = calibrate_tables(
+        args.tables,
+        profile=str(args.profile) if profile else None,
+        fit_names=names,
+        holdout=holdout,
+        cross=args.cross_validate,
+        command=command,
+    )
+    if args.json:
+        doc: dict[str, Any] = {}
+        for name, e in res.items():
+            f = e["fit"]
+            doc[name] = {
+                "fitted": f.fitted,
+                "initial": f.initial,
+                "bounds": {k: [f.profile.bounds[k].lo, f.profile.bounds[k].hi] for k in f.names},
+                "at_bound": f.at_bound,
+                "residual_sd": f.profile.fit.residual_sd if f.profile.fit else None,
+                "cells": [p.as_dict() for p in e["predictions"]],
+            }
+            if "folds" in e:
+                doc[name]["cross_validation"] = [
+                    {"table": fr.table, "cells": [p.as_dict() for p in fr.predictions]} for fr in e["folds"]
+                ]
+        print(json.dumps(doc, indent=2))
+    else:
+        for name, e in res.items():
+            f = e["fit"]
+            print(
+                f"## {name}: {len(f.train)} cells fitted, {len(f.held_out)} held out, "
+                f"rms log error {f.rms_log:.3f}\n"
+            )
+            rows = [
+                [
+                    k,
+                    f"{f.initial[k]:.4g}",
+                    f"{v:.4g}",
+                    f"[{f.profile.bounds[k].lo:.4g}, {f.profile.bounds[k].hi:.4g}]",
+                    f.at_bound.get(k, ""),
+                ]
+                for k, v in f.fitted.items()
+            ]
+            print(markdown_table(["parameter", "start", "fitted", "physical range", "at bound"], rows))
+            print()
+            print(_cells_table(e["predictions"]))
+            for w in f.warnings():
+                print(w)
+            if "folds" in e:
+                print(f"\nLeave-one-table-out ({name}): each table predicted by a fit that never saw it\n")
+                print(_cells_table([p for fr in e["folds"] for p in fr.predictions]))
+                s = summary([p for fr in e["folds"] for p in fr.predictions]).get("held-out", {})
+                if s:
+                    print(
+                        f"\nheld out: {s['cells']} cells; intervals cover {100 * s['coverage_90']:.0f}%; "
+                        f"changes >+100% within a factor 2: {s['big_within_factor_2']}; "
+                        f"changes within ±20% within 5 pp: {s['small_within_5pp']}"
+                    )
+                for fr in e["folds"]:
+                    for w in fr.fit.warnings():
+                        print(f"(without {fr.table}) {w}")
+            print()
+    if args.write:
+        _write_profiles(args.write, [e["fit"].profile for e in res.values()])
+    return 0
+
+
+def _write_profiles(target: str, profiles: list[Profile]) -> None:
+    from ptesim.cost.profile import dump_profile
+
+    path = Path(target)
+    if target.endswith(".toml"):
+        if len(profiles) != 1:
+            raise UsageError("calibrate --write FILE.toml: the fit made several profiles; give a directory")
+        dests = [(path, profiles[0])]
+    else:
+        dests = [(path / f"{p.name}.toml", p) for p in profiles]
+    for dest, prof in dests:
+        try:
+            old = dest.read_text(encoding="utf-8") if dest.is_file() else ""
+            head = "".join(line + "\n" for line in old.splitlines() if line.startswith("#"))
+            dest.write_text(head + dump_profile(prof), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
+        print(f"wrote {dest}")
+
+
+CELL_HEADER = [
+    "cell",
+    "machine",
+    "op",
+    "folio",
+    "cpus",
+    "kernels",
+    "published",
+    "predicted (90%)",
+    "error",
+    "role",
+]
+
+
+def _cell_row(p: Any) -> list[str]:
+    c = p.cell
+    if c.percent:
+        pred = (
+            f"{p.predicted:+.1f}% ({p.lo:+.1f}…{p.hi:+.1f})" if p.interval.has_fit else f"{p.predicted:+.1f}%"
+        )
+        pub = f"{c.value:+.1f}%"
+        err = f"{p.error:+.1f}pp"
+    else:
+        pred = (
+            f"{p.predicted:.4g} s ({p.lo:.4g}…{p.hi:.4g})" if p.interval.has_fit else f"{p.predicted:.4g} s"
+        )
+        pub = f"{c.value:.4g} s"
+        err = f"{p.error:+.1f}%"
+    kernels = f"{c.variant} vs {c.baseline}" if c.baseline else c.variant
+    return [
+        c.id,
+        c.machine,
+        f"{c.op} {format_size(c.mem)}",
+        f"{format_size(c.folio)} {c.mapping}",
+        str(c.cpus),
+        kernels,
+        pub,
+        pred,
+        err,
+        p.role,
+    ]
+
+
+def _cells_table(preds: list[Any]) -> str:
+    return markdown_table(CELL_HEADER, [_cell_row(p) for p in preds])
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from ptesim.cost.profile import dump_profile, resolve_parameter
 
+    if args.tables:
+        return _calibrate_tables(args)
+    if args.cross_validate:
+        raise UsageError("calibrate: --cross-validate applies to --tables")
     profile = _profile(default_profile(args))
     names = [n.strip() for n in args.fit.split(",") if n.strip()]
     params = profile.parameters()
@@ -600,6 +795,7 @@ def _whatif_op(args: argparse.Namespace) -> int:
 
 
 def _whatif(args: argparse.Namespace) -> int:
+    from ptesim.cost.intervals import format_pct
     from ptesim.cost.whatif import calibration_label, whatif
 
     if args.op != "fork":
@@ -628,7 +824,14 @@ def _whatif(args: argparse.Namespace) -> int:
                                 k for k in r.profile.parameters() if r.profile.is_calibrated(k)
                             ),
                             "wis_change_pct": {str(c.cpus): round(c.change_pct, 3) for c in r.wis},
+                            "wis_change_interval_pct": {
+                                str(c.cpus): [round(v, 3) for v in iv.pct()[1:]]
+                                for c, iv in zip(r.wis, r.wis_intervals, strict=True)
+                            },
                             "fork_change_pct": round(r.fork_change_pct, 3),
+                            "fork_change_interval_pct": [round(v, 3) for v in r.fork_interval.pct()[1:]]
+                            if r.fork_interval
+                            else None,
                             "fork_before_ms": round(r.fork_before_ms, 4),
                             "fork_after_ms": round(r.fork_after_ms, 4),
                         }
@@ -643,8 +846,8 @@ def _whatif(args: argparse.Namespace) -> int:
         [
             r.config.label,
             format_size(r.config.folio),
-            *[f"{c.change_pct:+.1f}%" for c in r.wis],
-            f"{r.fork_change_pct:+.1f}%",
+            *[format_pct(iv) for iv in r.wis_intervals],
+            format_pct(r.fork_interval) if r.fork_interval else f"{r.fork_change_pct:+.1f}%",
             calibration_label(r.profile),
         ]
         for r in rows
@@ -652,7 +855,9 @@ def _whatif(args: argparse.Namespace) -> int:
     print(
         "Change from batching PTEs during fork (before -> after), predicted by the model.\n"
         f"will-it-scale fork and exit ({mem} per worker, steady state): change in iterations/s; "
-        f"{args.fork_mem} fork: change in latency of one process's first fork (negative = faster).\n"
+        f"{args.fork_mem} fork: change in latency of one process's first fork (negative = faster).  "
+        "In brackets: the 90% interval propagated from the profile's table fit ('no fit': the "
+        "profile's values are assumed, not fitted).\n"
     )
     print(
         markdown_table(
@@ -673,6 +878,33 @@ def _whatif(args: argparse.Namespace) -> int:
         "(+bbml2_aware with BBML2), riscv v6.9-svnapot, x86-64 v6.9; 'seed kernels' is the seed's "
         "contpte-v1-before-opt -> contpte-v1-after-opt.  Folios: the contiguous block size of the granule."
     )
+    return 0
+
+
+# -- validate --------------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ptesim.cost.validate import validate
+
+    preds, summ = validate(args.tables)
+    if args.json:
+        print(json.dumps({"cells": [p.as_dict() for p in preds], "summary": summ}, indent=2))
+        return 0
+    print(_cells_table(preds))
+    print()
+    for role, s in summ.items():
+        if not isinstance(s, dict):
+            continue
+        parts = [f"{s['cells']} cells"]
+        if s["max_abs_error_pp"] is not None:
+            parts.append(f"max |error| {s['max_abs_error_pp']:.1f} pp")
+        if s["max_abs_error_seconds_pct"] is not None:
+            parts.append(f"max |error| of times {s['max_abs_error_seconds_pct']:.1f}%")
+        parts.append(f"90% intervals cover {100 * s['coverage_90']:.0f}%")
+        parts.append(f"changes >+100% within a factor 2: {s['big_within_factor_2']}")
+        parts.append(f"changes within ±20% within 5 pp: {s['small_within_5pp']}")
+        print(f"{role}: " + ", ".join(parts))
     return 0
 
 
@@ -716,11 +948,23 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_latency)
 
-    p = add("calibrate", help="least-squares fit of profile parameters to a measured table")
+    p = add("calibrate", help="least-squares fit of profile parameters to published or measured tables")
+    p.add_argument(
+        "--tables", nargs="+", metavar="FILE", help="published-format CSV tables: fit every machine they name"
+    )
+    p.add_argument(
+        "--cross-validate",
+        action="store_true",
+        help="with --tables: leave one table out at a time and predict it",
+    )
     p.add_argument("--table", help="CSV: cpus,before_opt_pct,after_opt_pct (default: the seed table)")
     add_options(p, "profile", "mem", defaults={"mem": "128M"}, notes={"mem": "buffer per worker of the seed"})
     p.add_argument("--fit", default="", help="parameters to fit, comma separated")
-    p.add_argument("--holdout", default="", help="CPU counts left out of the fit")
+    p.add_argument(
+        "--holdout",
+        default="",
+        help="CPU counts left out of the fit; with --tables: table ids or cells (table#n, table:cpus=16)",
+    )
     p.add_argument("--start", default=None, help="'seed' or name=value,... : initial values")
     p.add_argument(
         "--from-host", metavar="JSON", help="fit per-PTE/per-batch costs to 'ptesim host <op> --json'"
@@ -732,9 +976,18 @@ def register(sub: Any) -> None:
         choices=("median", "min"),
         help="with --from-host: fit the net median (default) or the fastest sample less the baseline",
     )
-    p.add_argument("--write", metavar="TOML", help="write the fitted profile")
+    p.add_argument(
+        "--write", metavar="TOML", help="write the fitted profile (with --tables: a directory or FILE.toml)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_calibrate)
+
+    p = add("validate", help="price every cell of published tables with the shipped profiles, unrefitted")
+    p.add_argument(
+        "--tables", nargs="+", required=True, metavar="FILE", help="CSV tables in the published format"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_validate)
 
     p = add("whatif", help="which architectures benefit from batching PTEs (fork, munmap, mprotect, mremap)")
     p.add_argument(

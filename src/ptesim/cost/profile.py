@@ -21,6 +21,13 @@ Layout of a profile file::
                     answered, and busy CPUs answer later than idle ones), active_cpu_cap (the number
                     of other busy CPUs beyond which the stretch stops growing)
     [provenance]    "section.key" = "calibrated: ..." | "assumed: ..." for every number above
+    [bounds]        optional: "section.key" = {lo = x, hi = y, source = "..."} -- the physical range of
+                    a value (ns; for `[profile] clock_ghz` profiles also {cycles = [a, b], ...}),
+                    which a fit cannot leave; the shipped profiles give one for every value
+    [fit]           optional, written by `ptesim calibrate --tables`: parameters (the fitted names),
+                    covariance (of their natural logarithms), residual_sd (of the fitted cells, on
+                    the log scale of ptesim.cost.tables), tables (fitted table ids), held_out (table
+                    ids or cell ids left out), command
 
 The ``[provenance]`` table is required for every numeric value so that reports can say which numbers
 were fitted and which were assumed.
@@ -61,8 +68,9 @@ SHARED_PRIMITIVES = (
 SYNC_PRIMITIVES = ("dsb_ish", "ipi", "sbi_rfence", "tlbsync")
 
 _SECTIONS = ("profile", "local_ns", "process_ns", "shared", "provenance")
+_OPTIONAL_SECTIONS = ("bounds", "fit")
 _PROFILE_KEYS = {"name": str, "arch": str, "description": str, "cpu_features": list}
-_PROFILE_OPTIONAL = {"preset": str}
+_PROFILE_OPTIONAL = {"preset": str, "clock_ghz": float}
 _PROCESS_KEYS = ("fork", "exit")
 _SHARED_SCALARS = ("scv", "sync_per_active_cpu_ns", "active_cpu_cap")
 
@@ -79,6 +87,27 @@ class SharedResource:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The physical range of one parameter, in ns (or the parameter's own unit), and its source."""
+
+    lo: float
+    hi: float
+    source: str
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What a table fit left in the profile: enough to give every prediction an interval."""
+
+    parameters: tuple[str, ...]
+    covariance: tuple[tuple[float, ...], ...]  # of ln(parameter)
+    residual_sd: float  # of the fitted cells, log scale
+    tables: tuple[str, ...]
+    held_out: tuple[str, ...]
+    command: str = ""
+
+
+@dataclass(frozen=True)
 class Profile:
     """A validated cost profile."""
 
@@ -92,6 +121,9 @@ class Profile:
     provenance: dict[str, str] = field(default_factory=dict)
     source: str = ""
     preset: str = ""
+    clock_ghz: float = 0.0
+    bounds: dict[str, Bound] = field(default_factory=dict)
+    fit: FitInfo | None = None
 
     # -- parameters by dotted name, for calibration and `whatif` labels ------------------------
     def parameters(self) -> dict[str, float]:
@@ -151,6 +183,9 @@ class Profile:
             provenance=dict(self.provenance),
             source=self.source,
             preset=self.preset,
+            clock_ghz=self.clock_ghz,
+            bounds=dict(self.bounds),
+            fit=self.fit,
         )
 
     def is_calibrated(self, name: str) -> bool:
@@ -230,8 +265,9 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
     """Validate a parsed TOML document and build a :class:`Profile`."""
     where = source
     for sec in data:
-        if sec not in _SECTIONS:
-            raise UsageError(f"{where}: unknown section [{sec}] (expected one of {', '.join(_SECTIONS)})")
+        if sec not in _SECTIONS and sec not in _OPTIONAL_SECTIONS:
+            known = ", ".join(_SECTIONS + _OPTIONAL_SECTIONS)
+            raise UsageError(f"{where}: unknown section [{sec}] (expected one of {known})")
     for sec in _SECTIONS:
         if sec not in data:
             raise UsageError(f"{where}: missing section [{sec}]")
@@ -246,6 +282,9 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
             raise UsageError(f"{where}: profile.{k} must be a {typ.__name__}")
     if prof["arch"] not in ARCHES:
         raise UsageError(f"{where}: profile.arch must be one of {', '.join(ARCHES)} (got {prof['arch']!r})")
+    clock = prof.get("clock_ghz", 0.0)
+    if isinstance(clock, bool) or not isinstance(clock, int | float) or not 0 <= clock < 10:
+        raise UsageError(f"{where}: profile.clock_ghz must be a number of GHz")
     preset_name = prof.get("preset", "")
     if not isinstance(preset_name, str):
         raise UsageError(f"{where}: profile.preset must be a str")
@@ -321,7 +360,78 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Profil
         if k not in provenance:
             raise UsageError(f"{where}: missing provenance for {k}")
     object.__setattr__(profile, "provenance", provenance)
+    object.__setattr__(profile, "clock_ghz", float(clock))
+    object.__setattr__(profile, "bounds", _bounds(where, data.get("bounds", {}), params, float(clock)))
+    object.__setattr__(profile, "fit", _fit_info(where, data.get("fit"), params))
     return profile
+
+
+def _bounds(where: str, raw: object, params: Mapping[str, float], clock: float) -> dict[str, Bound]:
+    table = _table(f"{where} [bounds]", raw)
+    out: dict[str, Bound] = {}
+    for k, v in table.items():
+        if k not in params:
+            raise UsageError(f"{where}: bounds for unknown parameter {k!r}")
+        spec = _table(f"{where}: bounds.{k}", v)
+        extra = set(spec) - {"lo", "hi", "cycles", "source"}
+        if extra:
+            raise UsageError(f"{where}: bounds.{k}: unknown key {sorted(extra)[0]!r}")
+        source = spec.get("source")
+        if not isinstance(source, str) or not source:
+            raise UsageError(f"{where}: bounds.{k} needs a source")
+        if "cycles" in spec:
+            cyc = spec["cycles"]
+            if not clock:
+                raise UsageError(f"{where}: bounds.{k} in cycles needs profile.clock_ghz")
+            if not isinstance(cyc, list) or len(cyc) != 2:
+                raise UsageError(f"{where}: bounds.{k}.cycles must be [low, high]")
+            lo = _num(f"{where}: bounds.{k}.cycles", cyc[0]) / clock
+            hi = _num(f"{where}: bounds.{k}.cycles", cyc[1]) / clock
+        else:
+            if "lo" not in spec or "hi" not in spec:
+                raise UsageError(f"{where}: bounds.{k} needs lo and hi (or cycles)")
+            lo = _num(f"{where}: bounds.{k}.lo", spec["lo"])
+            hi = _num(f"{where}: bounds.{k}.hi", spec["hi"])
+        if lo > hi:
+            raise UsageError(f"{where}: bounds.{k}: lo {lo:g} is above hi {hi:g}")
+        val = params[k]
+        if not lo * (1 - 1e-6) <= val <= hi * (1 + 1e-6):
+            raise UsageError(f"{where}: {k} = {val:g} is outside its physical range [{lo:g}, {hi:g}]")
+        out[k] = Bound(lo, hi, source)
+    return out
+
+
+def _fit_info(where: str, raw: object, params: Mapping[str, float]) -> FitInfo | None:
+    if raw is None:
+        return None
+    t = _table(f"{where} [fit]", raw)
+    extra = set(t) - {"parameters", "covariance", "residual_sd", "tables", "held_out", "command"}
+    if extra:
+        raise UsageError(f"{where}: unknown key fit.{sorted(extra)[0]}")
+    names = t.get("parameters", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n in params for n in names):
+        raise UsageError(f"{where}: fit.parameters must list parameters of this profile")
+    cov = t.get("covariance", [])
+    if (
+        not isinstance(cov, list)
+        or len(cov) != len(names)
+        or not all(isinstance(r, list) and len(r) == len(names) for r in cov)
+    ):
+        raise UsageError(f"{where}: fit.covariance must be a {len(names)}x{len(names)} matrix")
+    matrix = tuple(tuple(float(x) for x in r) for r in cov)
+    sd = t.get("residual_sd", 0.0)
+    if isinstance(sd, bool) or not isinstance(sd, int | float) or sd < 0:
+        raise UsageError(f"{where}: fit.residual_sd must be a non-negative number")
+    lists = {}
+    for key in ("tables", "held_out"):
+        v = t.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise UsageError(f"{where}: fit.{key} must be a list of strings")
+        lists[key] = tuple(v)
+    cmd = t.get("command", "")
+    if not isinstance(cmd, str):
+        raise UsageError(f"{where}: fit.command must be a string")
+    return FitInfo(tuple(names), matrix, float(sd), lists["tables"], lists["held_out"], cmd)
 
 
 def shipped_profiles() -> list[str]:
@@ -395,7 +505,9 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     }
     if profile.preset:
         head["preset"] = profile.preset
-    return {
+    if profile.clock_ghz:
+        head["clock_ghz"] = profile.clock_ghz
+    out: dict[str, Any] = {
         "profile": head,
         "local_ns": dict(profile.local_ns),
         "process_ns": dict(profile.process_ns),
@@ -408,6 +520,19 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
         },
         "provenance": copy.deepcopy(profile.provenance),
     }
+    if profile.bounds:
+        out["bounds"] = {k: {"lo": b.lo, "hi": b.hi, "source": b.source} for k, b in profile.bounds.items()}
+    if profile.fit is not None:
+        f = profile.fit
+        out["fit"] = {
+            "parameters": list(f.parameters),
+            "covariance": [list(r) for r in f.covariance],
+            "residual_sd": f.residual_sd,
+            "tables": list(f.tables),
+            "held_out": list(f.held_out),
+            "command": f.command,
+        }
+    return out
 
 
 def _fmt(v: object) -> str:
@@ -445,4 +570,24 @@ def dump_profile(profile: Profile) -> str:
     lines.append("[provenance]")
     for k, v in d["provenance"].items():
         lines.append(f'"{k}" = {_fmt(v)}')
+    if "bounds" in d:
+        lines.append("")
+        lines.append("[bounds]")
+        for k, b in d["bounds"].items():
+            lines.append(
+                f'"{k}" = {{lo = {_fmt(b["lo"])}, hi = {_fmt(b["hi"])}, source = {_fmt(b["source"])}}}'
+            )
+    if "fit" in d:
+        f = d["fit"]
+        lines.append("")
+        lines.append("[fit]")
+        lines.append(f"command = {_fmt(f['command'])}")
+        lines.append(f"tables = {_fmt(f['tables'])}")
+        lines.append(f"held_out = {_fmt(f['held_out'])}")
+        lines.append(f"residual_sd = {_fmt(float(f['residual_sd']))}")
+        lines.append(f"parameters = {_fmt(f['parameters'])}")
+        lines.append("covariance = [")
+        for r in f["covariance"]:
+            lines.append("  [" + ", ".join(repr(float(f"{x:.6g}")) for x in r) + "],")
+        lines.append("]")
     return "\n".join(lines) + "\n"

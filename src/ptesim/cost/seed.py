@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 from ptesim.cost.calibrate import Cell, FitResult, evaluate, fit
+from ptesim.cost.intervals import log_interval
 from ptesim.cost.model import Change, change
 from ptesim.cost.profile import Profile
 from ptesim.cost.runs import prefetch
@@ -37,7 +40,7 @@ SEED_FIT = (
     "shared.scv",
 )
 SEED_START = {
-    "local_ns.pte_read": 0.3,
+    "local_ns.pte_read": 0.5,
     "shared.service_ns.tlbi_page_bcast": 2.0,
     "shared.sync_per_active_cpu_ns": 5.0,
     "shared.scv": 1.0,
@@ -115,14 +118,25 @@ def curves(work: dict[str, WisWork], profile: Profile, max_cpus: int) -> dict[st
     }
 
 
+def _change_log(cell: Cell) -> Callable[[Profile], float]:
+    """ln(1 + change) of a seed cell as a function of the profile (for its interval)."""
+
+    def f(p: Profile) -> float:
+        return math.log1p(change(cell.variant, cell.baseline, p, cell.cpus).change_pct / 100.0)
+
+    return f
+
+
 def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM, curve: bool = False) -> SeedReport:
     work = seed_work(profile, mem=mem)
     cells = seed_cells(work)
     res = evaluate(cells, profile)
     changes = {(c.label, c.cpus): change(c.variant, c.baseline, profile, c.cpus) for c in cells}
     by = {(r.label, r.cpus): r for r in res}
+    ivs = {(c.label, c.cpus): log_interval(_change_log(c), profile, "throughput") for c in cells}
     rows: list[dict[str, float]] = []
     for row in published():
+        b, a = ivs[("before_opt", row.cpus)], ivs[("after_opt", row.cpus)]
         rows.append(
             {
                 "cpus": row.cpus,
@@ -130,6 +144,10 @@ def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM, curve: 
                 "model_before": round(by[("before_opt", row.cpus)].model, 2),
                 "published_after": row.published["after_opt"],
                 "model_after": round(by[("after_opt", row.cpus)].model, 2),
+                "model_before_lo": round(b.pct()[1], 2),
+                "model_before_hi": round(b.pct()[2], 2),
+                "model_after_lo": round(a.pct()[1], 2),
+                "model_after_hi": round(a.pct()[2], 2),
             }
         )
     names = seed_calibrated(profile)

@@ -48,10 +48,12 @@ process on every CPU (the only case where v6.15's INVLPGB policy broadcasts).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ptesim.cost.model import Change, change
+from ptesim.cost.intervals import LogInterval, log_interval
+from ptesim.cost.model import Change, Work, change
 from ptesim.cost.profile import Profile, load_profile
 from ptesim.cost.runs import RunSpec, prefetch
 from ptesim.errors import UsageError
@@ -138,6 +140,8 @@ class Row:
     fork_change_pct: float
     fork_before_ms: float
     fork_after_ms: float
+    wis_intervals: list[LogInterval] = dataclasses.field(default_factory=list)
+    fork_interval: LogInterval | None = None
 
 
 def _specs(c: Config, mem: int, fork_mem: int) -> tuple[RunSpec, RunSpec, RunSpec, RunSpec]:
@@ -174,7 +178,9 @@ def whatif(cpus: Sequence[int], *, mem: str = "128M", fork_mem: str = "1G") -> l
         wis = [change(after.steady, before.steady, prof, n) for n in cpus]
         tb = latency_time(fb, prof).cycle_ns
         ta = latency_time(fa, prof).cycle_ns
-        rows.append(Row(c, prof, wis, 100.0 * (ta / tb - 1.0), tb / 1e6, ta / 1e6))
+        wis_iv = [log_interval(_wis_log(after.steady, before.steady, n), prof, "throughput") for n in cpus]
+        fork_iv = log_interval(_fork_log(fb, fa), prof, "change")
+        rows.append(Row(c, prof, wis, 100.0 * (ta / tb - 1.0), tb / 1e6, ta / 1e6, wis_iv, fork_iv))
     return rows
 
 
@@ -279,6 +285,22 @@ def whatif_op(op: str, *, mem: str = "64M") -> list[OpRow]:
             OpRow(c, prof, latency_time(sb, prof).cycle_ns / 1e6, latency_time(sa, prof).cycle_ns / 1e6)
         )
     return rows
+
+
+def _wis_log(after: Work, before: Work, cpus: int) -> Callable[[Profile], float]:
+    """ln of the throughput ratio after/before, as a function of the profile (for intervals)."""
+
+    def f(p: Profile) -> float:
+        return math.log1p(change(after, before, p, cpus).change_pct / 100.0)
+
+    return f
+
+
+def _fork_log(before: RunSpec, after: RunSpec) -> Callable[[Profile], float]:
+    def f(p: Profile) -> float:
+        return math.log(latency_time(after, p).cycle_ns / latency_time(before, p).cycle_ns)
+
+    return f
 
 
 def calibration_label(profile: Profile) -> str:

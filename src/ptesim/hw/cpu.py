@@ -58,6 +58,15 @@ class Hardware:
         """Issue ``count`` identical invalidation instructions (count > 1: the KPTI user twin or a
         repeat erratum) and apply their effect."""
         emit(f"tlbi_{kind}_{'bcast' if broadcast else 'local'}", count, mm=mm)
+        if (
+            broadcast
+            and kind in ("page", "range")
+            and asid is not None
+            and self.cpus[self.current].current_asid == asid
+        ):
+            # The issuing CPU is running this address space: its own TLB and walk caches may
+            # hold the entries being invalidated.  A qualifier, counted besides the instruction.
+            emit("tlbi_live_asid", count, mm=mm)
         targets = self.cpus if broadcast else [self.cpus[self.current]]
         for cpu in targets:
             self._apply(cpu, kind, asid, vpn, npages)
@@ -94,6 +103,10 @@ class Hardware:
         """A counted barrier: ``dsb_ishst``, ``dsb_ish``, ``dsb_nshst``, ``dsb_nsh``, ``isb``,
         ``tlbsync``."""
         emit(name, mm=mm)
+        asid = getattr(mm, "asid", None)
+        if name == "dsb_ish" and asid is not None and self.cpus[self.current].current_asid == asid:
+            # The completion wait of invalidations for the address space this CPU is running.
+            emit("dsb_live_asid", mm=mm)
 
     def ipi(self, cpu_id: int, mm: object | None = None) -> None:
         emit("ipi", mm=mm)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ptesim.arch import make_arch
 from ptesim.errors import UsageError
-from ptesim.events import EventSink
+from ptesim.events import EventSink, emit
 from ptesim.hw.cpu import Hardware
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.folio import PageAllocator
@@ -147,6 +147,7 @@ class Task:
 
         self._live()
         with self.kernel.operation(self, "setup"):
+            emit("syscall", mm=self.mm)
             return do_mmap(self.mm, length, prot, shared, addr)
 
     def munmap(self, addr: int, length: int) -> None:
@@ -154,6 +155,7 @@ class Task:
 
         self._live()
         with self.kernel.operation(self, "munmap"):
+            emit("syscall", mm=self.mm)
             do_vmi_munmap(self.mm, addr, length)
 
     def mprotect(self, addr: int, length: int, prot: str) -> None:
@@ -161,6 +163,7 @@ class Task:
 
         self._live()
         with self.kernel.operation(self, "mprotect"):
+            emit("syscall", mm=self.mm)
             mprotect(self.mm, addr, length, prot)
 
     def mremap(self, addr: int, length: int, new_addr: int) -> int:
@@ -169,6 +172,7 @@ class Task:
 
         self._live()
         with self.kernel.operation(self, "mremap"):
+            emit("syscall", mm=self.mm)
             return mremap(self.mm, addr, length, new_addr)
 
     def madvise(self, addr: int, length: int, advice: str) -> None:
@@ -176,6 +180,7 @@ class Task:
 
         self._live()
         with self.kernel.operation(self, "madvise"):
+            emit("syscall", mm=self.mm)
             madvise(self.mm, addr, length, advice)
 
     def fork(self, cpu: int | None = None) -> Task:

@@ -42,6 +42,7 @@ def latency_spec(
     granule: int = 4096,
     cpu_features: Iterable[str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    mapping: str = "pmd",
 ) -> RunSpec:
     if op not in OPS:
         raise UsageError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
@@ -54,6 +55,7 @@ def latency_spec(
         granule=granule,
         cpu_features=cpu_features,
         overrides=overrides,
+        mapping=mapping,
     )
 
 

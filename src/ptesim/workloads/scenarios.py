@@ -33,6 +33,9 @@ class ModelSpec:
     overrides: Mapping[str, str] = field(default_factory=dict)
     ncpus: int = 4
     placement: str = "aligned"  # "aligned" (PMD-aligned mmap) or "malloc" (glibc-style mmap chunk)
+    #: How PMD-sized folios are mapped once populated: "pmd" (the fault path's PMD leaf) or "pte"
+    #: (the PMD mapping split without splitting the folio: 512 PTEs map one PMD-sized folio).
+    mapping: str = "pmd"
     checks: bool = False
     trace_limit: int = 0
 
@@ -72,6 +75,17 @@ class ModelSpec:
         return self.mem / BLOCK
 
 
+MAPPINGS = ("pmd", "pte")
+
+
+def folio_label(folio: int, mapping: str, pmd_size: int) -> str:
+    """``"64K folios"``, or for a PMD-sized folio which mapping ran: ``"2M folios, PTE-mapped"``."""
+    text = f"{format_size(folio)} folios"
+    if folio == pmd_size:
+        text += ", PTE-mapped" if mapping == "pte" else ", PMD-mapped"
+    return text
+
+
 def map_and_populate(k: Kernel, spec: ModelSpec, *, via: str = "auto") -> tuple[Task, int]:
     """A process on CPU 0 maps ``spec.mem`` of private anonymous memory and fills it.
 
@@ -95,7 +109,31 @@ def map_and_populate(k: Kernel, spec: ModelSpec, *, via: str = "auto") -> tuple[
         t.populate(addr, spec.mem)
     else:
         fault_in(t, addr, spec.mem)
+    if spec.mapping == "pte":
+        pte_map_thps(t, addr, spec.mem)
+    elif spec.mapping != "pmd":
+        raise UsageError(f"bad mapping {spec.mapping!r}: one of pmd, pte")
     return t, addr
+
+
+def pte_map_thps(t: Task, addr: int, length: int) -> None:
+    """PTE-map every PMD-mapped folio of ``[addr, addr + length)`` without splitting the folio.
+
+    David Hildenbrand's pte-mapped-folio benchmarks make their PMD-sized folios PTE-mapped this way:
+    an mprotect() of part of each THP and back splits the PMD mapping (``__split_huge_pmd`` in
+    ``mm/huge_memory.c``, v6.9) while the folio stays one order-9 folio, so that every later fork,
+    zap or MADV_DONTNEED walks 512 PTEs of one large folio.  The split runs as set-up: a scenario
+    resets the counts before the operation it measures."""
+    from ptesim.kernel.huge_memory import __split_huge_pmd
+
+    k = t.kernel
+    pmd_size = k.arch.geometry.pmd_size
+    vma = t.mm.find_vma(addr)
+    assert vma is not None
+    with k.operation(t, "setup"):
+        for a in range(addr & ~(pmd_size - 1), addr + length, pmd_size):
+            if a >= addr and isinstance(t.mm.pmd_entry(a), int):
+                __split_huge_pmd(vma, a)
 
 
 def _malloc_addr(k: Kernel, length: int) -> int:
@@ -147,6 +185,8 @@ def sc_populate(k: Kernel, spec: ModelSpec) -> None:
             t.populate(addr, spec.mem)
     else:
         fault_in(t, addr, spec.mem)
+    if spec.mapping == "pte":
+        pte_map_thps(t, addr, spec.mem)
 
 
 def sc_fork_first(k: Kernel, spec: ModelSpec) -> None:

@@ -34,6 +34,7 @@ def wis_spec(
     granule: int = 4096,
     cpu_features: Iterable[str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    mapping: str = "pmd",
 ) -> RunSpec:
     return run_spec(
         "wis",
@@ -44,6 +45,7 @@ def wis_spec(
         granule=granule,
         cpu_features=cpu_features,
         overrides=overrides,
+        mapping=mapping,
     )
 
 

@@ -1,0 +1,216 @@
+"""Published tables as input: parsing with one-line errors, pricing, joint fits that recover known
+values, cross-validation, and intervals (``ptesim validate`` / ``calibrate --tables``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ptesim.cli import main
+from ptesim.cost.profile import load_profile
+from ptesim.cost.tables import cell_work, from_log, model_log, read_tables
+from ptesim.errors import UsageError
+
+HEADER = "table,machine,workload,op,mem,folio,mapping,cpus,baseline,variant,metric,value,source\n"
+ROWS = [
+    "fork-a,altra,latency,fork,4M,2M,pte,1,v6.8,contpte-v1-before-opt,runtime_change_pct,{},x",
+    "fork-a,altra,latency,fork,4M,64K,pte,1,v6.8,v6.9+contpte=false,runtime_change_pct,{},x",
+    "zap-b,altra,latency,munmap,4M,2M,pte,1,v6.8,contpte-v2-01-13+contpte_exit=none,runtime_change_pct,{},x",
+    "zap-b,altra,latency,dontneed-pages,4M,2M,pte,1,v6.8,contpte-v2-01-13+contpte_exit=none,runtime_change_pct,{},x",
+    "abs-c,altra,latency,fork,4M,4K,pte,1,,v6.8,seconds,{},x",
+    "abs-c,altra,latency,munmap,4M,64K,pte,1,,v6.9,seconds,{},x",
+]
+TRUTH = {"local_ns.tlbi_live_asid": 400.0, "local_ns.mapcount": 30.0}
+
+
+def _write(path: Path, values: list[float]) -> str:
+    body = "".join(r.format(v) + "\n" for r, v in zip(ROWS, values, strict=True))
+    path.write_text("# made by the model with known values\n" + HEADER + body, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def made_table(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A table whose values the model produced with :data:`TRUTH` in the shipped altra profile."""
+    path = tmp_path_factory.mktemp("tables") / "made.csv"
+    _write(path, [1.0] * len(ROWS))
+    cells = read_tables([str(path)])
+    truth = load_profile("altra").with_values(TRUTH)
+    values = [from_log(c, model_log(cell_work(c, truth), truth)) for c in cells]
+    return _write(path, values)
+
+
+def test_cells_are_read_with_ids(made_table: str) -> None:
+    cells = read_tables([made_table])
+    assert [c.id for c in cells] == ["fork-a#1", "fork-a#2", "zap-b#1", "zap-b#2", "abs-c#1", "abs-c#2"]
+    assert cells[0].folio == 2 << 20 and cells[0].mapping == "pte" and cells[4].metric == "seconds"
+
+
+def test_fork_cell_times_the_fork_call_only(made_table: str) -> None:
+    """A latency fork is the parent's fork(): mapping, population and the PMD split are set-up."""
+    cells = read_tables([made_table])
+    cw = cell_work(cells[4], load_profile("altra"))
+    assert cw.variant.forks == 1 and cw.variant.exits == 0
+    assert cw.variant.counts["page_zero"] == 0 and cw.variant.counts["fault"] == 0
+    assert cw.variant.counts["mapcount"] == 1024  # one per PTE-mapped page of 4 MiB
+
+
+def test_joint_fit_recovers_known_values(made_table: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fitting two parameters jointly to latency changes and absolute times finds them within 1%,
+    and the fitted profile predicts the held-out cells it never saw."""
+    fit = ",".join(TRUTH)
+    assert (
+        main(
+            [
+                "calibrate",
+                "--tables",
+                made_table,
+                "--profile",
+                "altra",
+                "--fit",
+                fit,
+                "--holdout",
+                "zap-b#2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)["altra"]
+    for k, v in TRUTH.items():
+        assert doc["fitted"][k] == pytest.approx(v, rel=0.01), k
+    roles = {c["id"]: c["role"] for c in doc["cells"]}
+    assert roles["zap-b#2"] == "held-out" and roles["fork-a#1"] == "fitted"
+    held = next(c for c in doc["cells"] if c["id"] == "zap-b#2")
+    assert held["predicted"] == pytest.approx(held["published"], abs=0.05)
+    assert held["lo"] <= held["predicted"] <= held["hi"]
+
+
+def test_cross_validation_predicts_each_table_unseen(
+    made_table: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fit = ",".join(TRUTH)
+    assert (
+        main(
+            [
+                "calibrate",
+                "--tables",
+                made_table,
+                "--profile",
+                "altra",
+                "--fit",
+                fit,
+                "--cross-validate",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    folds = json.loads(capsys.readouterr().out)["altra"]["cross_validation"]
+    assert [f["table"] for f in folds] == ["fork-a", "zap-b", "abs-c"]
+    for f in folds:
+        for c in f["cells"]:
+            assert c["role"] == "held-out" and c["table"] == f["table"]
+            tol = 0.05 if c["metric"] != "seconds" else 1e-3 * c["published"]
+            assert c["predicted"] == pytest.approx(c["published"], abs=tol)
+
+
+def test_written_profile_gives_intervals_and_roles(
+    made_table: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A profile written by the fit carries its covariance: validate then prints 90% intervals and
+    the roles the fit gave each cell (here through a profile file with the altra name)."""
+    out = tmp_path / "altra.toml"
+    fit = ",".join(TRUTH)
+    assert (
+        main(
+            [
+                "calibrate",
+                "--tables",
+                made_table,
+                "--profile",
+                "altra",
+                "--fit",
+                fit,
+                "--holdout",
+                "abs-c",
+                "--write",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    prof = load_profile(str(out))
+    assert prof.fit is not None and set(prof.fit.parameters) == set(TRUTH)
+    assert prof.fit.tables == ("fork-a", "zap-b") and prof.fit.held_out == ("abs-c",)
+    for k in TRUTH:
+        assert prof.provenance[k].startswith("calibrated: tables fork-a, zap-b")
+    from ptesim.cost.validate import predict_cells
+
+    cells = read_tables([made_table])
+    preds = predict_cells(cells, {"altra": prof})
+    assert [p.role for p in preds] == ["fitted"] * 4 + ["held-out"] * 2
+    for p in preds:
+        assert p.interval.has_fit and p.lo <= p.predicted <= p.hi
+
+
+def test_fit_stays_inside_physical_bounds(made_table: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The table wants a dearer live-ASID TLBI and cheaper rmap; fitting only pte_read, which cannot
+    explain that, leaves it inside its range [1 cycle, an L2 hit] whatever the cells want."""
+    assert (
+        main(["calibrate", "--tables", made_table, "--profile", "altra", "--fit", "local_ns.pte_read"]) == 0
+    )
+    out = capsys.readouterr().out
+    b = load_profile("altra").bounds["local_ns.pte_read"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("| local_ns.pte_read"))
+    value = float(line.split("|")[3])
+    assert b.lo * 0.999 <= value <= b.hi * 1.001
+    if value <= b.lo * 1.01 or value >= b.hi / 1.01:
+        assert "physical bound" in out
+
+
+def test_every_shipped_profile_has_a_range_for_every_parameter() -> None:
+    for name in ("altra", "apple-m2-vm", "xeon-4210r", "x86-host"):
+        prof = load_profile(name)
+        assert set(prof.bounds) == set(prof.parameters()), name
+        for k, v in prof.parameters().items():
+            b = prof.bounds[k]
+            assert b.lo * (1 - 1e-6) <= v <= b.hi * (1 + 1e-6), (name, k)
+            assert b.source
+
+
+@pytest.mark.parametrize(
+    "row,word",
+    [
+        ("t,nowhere,latency,fork,4M,4K,pte,1,,v6.8,seconds,0.01,x", "nowhere"),
+        ("t,altra,latency,fork,4M,4K,pte,1,,v9.99,seconds,0.01,x", "v9.99"),
+        ("t,altra,latency,fork,4M,4K,pte,1,v6.8,v6.9+warp=9,runtime_change_pct,1,x", "warp"),
+        ("t,altra,latency,teleport,4M,4K,pte,1,,v6.8,seconds,0.01,x", "teleport"),
+    ],
+)
+def test_bad_cells_are_one_line_errors_naming_the_cell(tmp_path: Path, row: str, word: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(HEADER + row + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as exc:
+        read_tables([str(path)])
+    msg = str(exc.value)
+    assert word in msg and "t#1" in msg and "\n" not in msg
+
+
+def test_log_scale_round_trips(tmp_path: Path) -> None:
+    from ptesim.cost.tables import published_log
+
+    path = tmp_path / "t.csv"
+    path.write_text(
+        HEADER
+        + "t,altra,latency,fork,4M,2M,pte,1,v6.8,contpte-v1-before-opt,runtime_change_pct,3654.4,x\n"
+        + "t,altra,latency,munmap,4M,2M,pte,1,v6.8,v6.9,runtime_change_pct,-67.9,x\n",
+        encoding="utf-8",
+    )
+    for c, v in zip(read_tables([str(path)]), (3654.4, -67.9), strict=True):
+        assert from_log(c, published_log(c)) == pytest.approx(v)
+        assert math.isfinite(published_log(c))
