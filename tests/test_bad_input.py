@@ -163,6 +163,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["whatif", "--cpus", ""], "cpu list"),
     (["whatif", "--folio", "0"], "0"),
     (["whatif", "--op", "bogus"], "whatif --op"),
+    (["whatif", "--op", "mremap", "--mem", "1M"], "at least 2M"),
     # host mode: validated before touching the machine
     (["host"], "SUBCOMMAND"),
     (["host", "fork", "--sizes", "3K"], "3K"),

@@ -275,6 +275,9 @@ def whatif_op(op: str, *, mem: str = "64M") -> list[OpRow]:
     """Price one ``op`` over ``mem`` per configuration, before and after its batching."""
     m = parse_size(mem, what="--mem")
     cfgs = op_configs(op)
+    biggest = max(c.folio for c in cfgs)
+    if m < biggest:
+        raise UsageError(f"whatif --op {op}: --mem must be at least {format_size(biggest)} (the largest folio)")
     specs = {c.label: (_op_spec(c, c.before, m), _op_spec(c, c.after, m)) for c in cfgs}
     prefetch([s for pair in specs.values() for s in pair])
     rows = []
