@@ -53,17 +53,20 @@ CAMPAIGNS = [
     Campaign(Target("arm64", "contpte-v1-after-opt"), 30),
     Campaign(Target("arm64", "contpte-basic"), 20),
     Campaign(Target("arm64", "v6.17", features=("bbml2",)), 20),
+    Campaign(Target("arm64", "v6.19-local-tlbi"), 15),
     Campaign(Target("arm64", "v6.9", granule=16384), 10),
     Campaign(Target("arm64", "v6.9", granule=65536), 10),
     # riscv: 500 programs
     Campaign(Target("riscv", "v6.9"), 200),
     Campaign(Target("riscv", "v6.9-svnapot"), 300),
+    Campaign(Target("riscv", "v7.0-svnapot"), 15),
     # differential: a per-PTE kernel against a batched one, in lockstep
     Campaign(Target("x86", "v6.8"), 30, diff="v6.9"),
     Campaign(Target("arm64", "v6.8"), 15, diff="v6.9"),
     Campaign(Target("arm64", "contpte-v1-before-opt"), 15, diff="contpte-v1-after-opt"),
     Campaign(Target("arm64", "contpte-basic"), 15, diff="v6.9"),
     Campaign(Target("riscv", "v6.8"), 15, diff="v6.9-svnapot"),
+    Campaign(Target("arm64", "v6.16"), 10, diff="v6.17"),
 ]
 
 
