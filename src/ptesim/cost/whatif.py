@@ -277,7 +277,8 @@ def whatif_op(op: str, *, mem: str = "64M") -> list[OpRow]:
     cfgs = op_configs(op)
     biggest = max(c.folio for c in cfgs)
     if m < biggest:
-        raise UsageError(f"whatif --op {op}: --mem must be at least {format_size(biggest)} (the largest folio)")
+        least = format_size(biggest)
+        raise UsageError(f"whatif --op {op}: --mem must be at least {least} (the largest folio)")
     specs = {c.label: (_op_spec(c, c.before, m), _op_spec(c, c.after, m)) for c in cfgs}
     prefetch([s for pair in specs.values() for s in pair])
     rows = []
