@@ -126,7 +126,7 @@ def configs() -> list[Config]:
         )
     out.append(
         Config(
-            "x86-64", "x86", 4096, 64 << 10, frozenset(), "x86-host", ("v6.9", _ov(_NO_BATCH)), ("v6.9", ())
+            "x86-64", "x86", 4096, 64 << 10, frozenset(), "xeon-4210r", ("v6.9", _ov(_NO_BATCH)), ("v6.9", ())
         )
     )
     return out
@@ -318,6 +318,8 @@ def calibration_label(profile: Profile) -> str:
 
 def _source(prov: str) -> str:
     text = prov.removeprefix("calibrated:").strip().lower()
+    if text.startswith("tables"):
+        return "tables"
     if "seed" in text:
         return "seed"
     if "host" in text:
