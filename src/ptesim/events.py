@@ -153,8 +153,12 @@ class EventSink:
     """Counts primitives by (primitive, phase, call stack); optionally keeps an ordered trace."""
 
     def __init__(self, *, trace_limit: int = 0) -> None:
-        self.counts: Counter[tuple[str, str, Stack]] = Counter()
-        self.stack: Stack = ()
+        #: Counts by (primitive, phase, call-stack id); :meth:`stack_of` turns an id into the chain.
+        self.counts: Counter[tuple[str, str, int]] = Counter()
+        #: The current call stack, as an interned id (0 is the empty stack).
+        self.stack: int = 0
+        self._frames: list[Stack] = [()]
+        self._children: dict[tuple[int, str], int] = {}
         self.op: str = "setup"
         self.child_mm: object | None = None
         self.trace_limit = trace_limit
@@ -189,6 +193,26 @@ class EventSink:
         finally:
             _ACTIVE.reset(token)
 
+    # -- call stacks ---------------------------------------------------------------------------
+    def push(self, parent: int, name: str) -> int:
+        """The id of stack ``parent`` + ``name`` (interned: the hot path hashes an int and a
+        string, never a tuple of frames)."""
+        key = (parent, name)
+        sid = self._children.get(key)
+        if sid is None:
+            sid = len(self._frames)
+            self._frames.append((*self._frames[parent], name))
+            self._children[key] = sid
+        return sid
+
+    def stack_of(self, sid: int) -> Stack:
+        """The chain of kernel functions, outermost first, of stack id ``sid``."""
+        return self._frames[sid]
+
+    @property
+    def current_stack(self) -> Stack:
+        return self._frames[self.stack]
+
     # -- recording ---------------------------------------------------------------------------
     def record(self, prim: str, n: int, mm: object | None, detail: str) -> None:
         phase = self.phase_for(mm)
@@ -201,7 +225,7 @@ class EventSink:
             if len(self.trace) >= self.trace_limit:
                 return
             self._seq += 1
-            self.trace.append(TraceRecord(self._seq, prim, phase, self.stack, detail))
+            self.trace.append(TraceRecord(self._seq, prim, phase, self._frames[self.stack], detail))
 
     def reset(self) -> None:
         self.counts.clear()
@@ -225,17 +249,26 @@ class EventSink:
     def by_site(self, phases: tuple[str, ...] | None = None) -> dict[str, Counter[str]]:
         """Counts by the innermost kernel function that executed the primitive."""
         out: dict[str, Counter[str]] = {}
-        for (prim, phase, stack), n in self.counts.items():
+        for (prim, phase, sid), n in self.counts.items():
             if phases is None or phase in phases:
+                stack = self._frames[sid]
                 site = stack[-1] if stack else "<user>"
                 out.setdefault(site, Counter())[prim] += n
         return out
 
     def by_stack(self, phases: tuple[str, ...] | None = None) -> dict[Stack, Counter[str]]:
         out: dict[Stack, Counter[str]] = {}
-        for (prim, phase, stack), n in self.counts.items():
+        for (prim, phase, sid), n in self.counts.items():
             if phases is None or phase in phases:
-                out.setdefault(stack, Counter())[prim] += n
+                out.setdefault(self._frames[sid], Counter())[prim] += n
+        return out
+
+    def full_counts(self) -> Counter[tuple[str, str, Stack]]:
+        """Every count under its (primitive, phase, call chain) key: what two runs must agree on."""
+        out: Counter[tuple[str, str, Stack]] = Counter()
+        for (prim, phase, sid), n in self.counts.items():
+            if n:
+                out[(prim, phase, self._frames[sid])] += n
         return out
 
 
@@ -292,7 +325,8 @@ def kfunc(fn: Callable[P, R]) -> Callable[P, R]:
         if sink is None:
             return fn(*args, **kwargs)
         saved = sink.stack
-        sink.stack = (*saved, name)
+        sid = sink._children.get((saved, name))
+        sink.stack = sink.push(saved, name) if sid is None else sid
         try:
             return fn(*args, **kwargs)
         finally:
