@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ptesim.arch import make_arch
 from ptesim.errors import UsageError
@@ -18,6 +19,9 @@ from ptesim.hw.cpu import Hardware
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.folio import PageAllocator
 from ptesim.kernel.mm import MmStruct
+
+if TYPE_CHECKING:
+    from ptesim.fast.memo import FastEngine
 
 THP_MODES = ("always", "madvise", "inherit", "never")
 
@@ -78,6 +82,8 @@ class Kernel:
         self.tasks: list[Task] = []
         self._next_id = 0
         self.checks = checks
+        #: The fast engine replaying per-table kernel functions (None: the reference engine only).
+        self.fast: FastEngine | None = None
         if checks:
             from ptesim.kernel.check import flush_point_check
 

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ptesim.events import emit, kfunc
+from ptesim.fast.memo import memoised_table_op
 from ptesim.kernel.folio import Folio, folio_get, folio_ref_add, folio_ref_sub
 from ptesim.kernel.mm import (
     MM_ANONPAGES,
@@ -121,6 +122,7 @@ def copy_page_range(dst_vma: Vma, src_vma: Vma) -> int:
     return 0
 
 
+@memoised_table_op("copy")
 @kfunc
 def copy_pte_range(dst_vma: Vma, src_vma: Vma, addr: int, end: int) -> None:
     """Copy the PTEs of ``[addr, end)`` (within one PMD) from parent to child."""
@@ -475,6 +477,7 @@ def unmap_page_range(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
         addr = nxt
 
 
+@memoised_table_op("zap")
 @kfunc
 def zap_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> int:
     """Clear the PTEs of [addr, end) within one PMD; returns where it stopped (a full gather

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ptesim.errors import UsageError
 from ptesim.events import EventSink
+from ptesim.fast.memo import ENGINES, FastEngine, engine_applies
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
 from ptesim.units import MODEL_MEM_MAX, format_size
@@ -38,6 +39,9 @@ class ModelSpec:
     mapping: str = "pmd"
     checks: bool = False
     trace_limit: int = 0
+    #: "fast" replays per-table kernel functions where the fast engine applies (no --check, no
+    #: trace), "reference" always runs every function; counts and state are the same.
+    engine: str = "fast"
 
     def __post_init__(self) -> None:
         if not 0 < self.mem <= MODEL_MEM_MAX:
@@ -68,6 +72,10 @@ class ModelSpec:
                 f"folio size {format_size(self.folio)} is larger than the mapping ({format_size(self.mem)})"
             )
         k.set_folio_size(self.folio)
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
+        if self.engine == "fast" and engine_applies(k):
+            k.fast = FastEngine(k)
         return k
 
     @property

@@ -1,0 +1,184 @@
+"""Differential tests: the fast engine and the reference engine give the same counts (per primitive,
+phase and call chain) and the same final machine (every PTE, folio, VMA, counter, allocator and
+TLB), for every scenario x arch x preset and for random fuzz programs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ptesim.arch import ARCHES
+from ptesim.fast.compare import machine_counts, machine_state
+from ptesim.fast.memo import FastEngine
+from ptesim.fuzz.program import OPS, REGIONS, Runner, Step, Target
+from ptesim.kernel.config import PRESETS
+from ptesim.workloads.counts import run_wis
+from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, run_scenario
+
+KiB = 1024
+MiB = 1 << 20
+
+
+def both(spec: ModelSpec, scenario: str) -> tuple[object, object]:
+    fast = run_scenario(spec, scenario)
+    ref = run_scenario(ModelSpec(**{**spec.__dict__, "engine": "reference"}), scenario)
+    assert ref.kernel.fast is None
+    assert machine_counts(fast.kernel) == machine_counts(ref.kernel), "counts differ"
+    assert machine_state(fast.kernel) == machine_state(ref.kernel), "final state differs"
+    return fast.kernel.fast, ref
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("arch", ARCHES)
+def test_matrix_one_table(arch: str, preset: str, scenario: str) -> None:
+    """Every scenario x arch x preset, on one PTE table of 64K folios."""
+    eng, _ = both(ModelSpec(arch=arch, preset=preset, folio=64 * KiB, mem=256 * KiB), scenario)
+    assert eng is not None
+
+
+MULTI = [
+    (arch, preset)
+    for arch in ARCHES
+    for preset in (
+        "v6.8",
+        "v6.9",
+        "contpte-v1-before-opt",
+        "contpte-v1-after-opt",
+        "v6.16-bbml2",
+        "v6.9-svnapot",
+    )
+]
+
+
+@pytest.mark.parametrize("scenario", ["fork-first", "fork-steady", "exit-child"])
+@pytest.mark.parametrize("arch,preset", MULTI)
+def test_matrix_multi_table(arch: str, preset: str, scenario: str) -> None:
+    """Three PTE tables, populated by user stores (so the TLBs hold entries and some tables must
+    run the reference code)."""
+    eng, _ = both(ModelSpec(arch=arch, preset=preset, folio=64 * KiB, mem=6 * MiB), scenario)
+    assert isinstance(eng, FastEngine)
+
+
+@pytest.mark.parametrize("scenario", ["fork-first", "fork-steady", "exit-child"])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_tables_are_replayed(arch: str, scenario: str) -> None:
+    """Nine tables populated by faults (MAP_POPULATE, empty TLBs): the later tables are replayed."""
+    preset = "v6.9-svnapot" if arch == "riscv" else "v6.9"
+    eng, _ = both(ModelSpec(arch=arch, preset=preset, folio=64 * KiB, mem=18 * MiB), scenario)
+    assert isinstance(eng, FastEngine)
+    assert eng.stats["replayed"] >= 5, eng.stats
+
+
+@pytest.mark.parametrize("folio", [4 * KiB, 2 * MiB])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fork_steady_other_folios(arch: str, folio: int) -> None:
+    eng, _ = both(ModelSpec(arch=arch, preset="v6.9", folio=folio, mem=8 * MiB), "fork-steady")
+    assert isinstance(eng, FastEngine)
+    if folio == 4 * KiB:
+        assert eng.stats["replayed"] > 0, eng.stats
+
+
+def test_wis_counts_equal_at_32m() -> None:
+    """The will-it-scale iterations the cost model prices (malloc placement, populated by faults,
+    zap batches crossing the gather's capacity)."""
+    spec = ModelSpec(
+        arch="arm64", preset="contpte-v1-before-opt", folio=64 * KiB, mem=32 * MiB, placement="malloc"
+    )
+    fast = run_wis(spec)
+    ref = run_wis(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+
+
+def test_x86_4k_gather_flushes_equal() -> None:
+    """4K folios fill the gather every ~19 tables: the replay must stop where the reference forces
+    a flush."""
+    eng, _ = both(ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=48 * MiB), "exit-child")
+    assert isinstance(eng, FastEngine)
+    assert eng.stats["replayed"] > 10 and eng.stats["reference"] > 0, eng.stats
+
+
+def test_trace_and_check_use_the_reference_engine() -> None:
+    spec = ModelSpec(mem=4 * MiB, trace_limit=10)
+    assert spec.build().fast is None
+    assert ModelSpec(mem=4 * MiB, checks=True).build().fast is None
+    assert ModelSpec(mem=4 * MiB).build().fast is not None
+
+
+# ---- random fuzz programs ---------------------------------------------------------------------
+
+
+def random_program(rng: random.Random, n: int) -> list[Step]:
+    """A random program over the fuzzer's operations (steps that make no sense are skipped by the
+    runner, identically on both engines)."""
+    steps = [
+        Step.make("folio", order=rng.choice([0, 2, 4, 9])),
+        Step.make("mmap", region=0, off=0, pages=1024, shared=False),
+    ]
+    steps.append(Step.make("populate", region=0, off=0, pages=1024, value=1))
+    for _ in range(n):
+        op = rng.choice(
+            [
+                "fork",
+                "fork",
+                "exit",
+                "write",
+                "populate",
+                "munmap",
+                "dontneed",
+                "mprotect",
+                "mmap",
+                "pin",
+                "migrate",
+                "folio",
+                "read",
+                "free",
+            ]
+        )
+        task = rng.randrange(4)
+        region = rng.randrange(REGIONS)
+        off = rng.randrange(0, 1024, 16)
+        pages = rng.choice([1, 16, 512, 1024])
+        kw: dict[str, int | bool | str] = {}
+        for name in OPS[op]:
+            kw[name] = {
+                "region": region,
+                "off": off,
+                "pages": pages,
+                "shared": rng.random() < 0.2,
+                "value": rng.randrange(1, 1000),
+                "page": rng.randrange(1024),
+                "cpu": rng.randrange(3),
+                "prot": rng.choice(["r", "rw"]),
+                "order": rng.choice([0, 2, 4, 9]),
+                "on": rng.random() < 0.5,
+                "pin": 0,
+            }[name]
+        steps.append(Step.make(op, task, **kw))
+    return steps
+
+
+def _run(target: Target, steps: list[Step], fast: bool) -> Runner:
+    r = Runner(target)
+    if fast:
+        r.kernel.fast = FastEngine(r.kernel)
+    for s in steps:
+        r.run(s)
+    return r
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_programs(seed: int) -> None:
+    """Random programs (fork, exit, COW writes, munmap, madvise, mprotect, pins, migration) on
+    both engines, every invariant checked after each step on both: identical counts and state."""
+    rng = random.Random(seed)
+    arch = ARCHES[seed % len(ARCHES)]
+    preset = rng.choice(["v6.9", "v6.8", "contpte-v1-before-opt", "v6.16-bbml2", "v6.9-svnapot"])
+    target = Target(arch, preset)
+    steps = random_program(rng, 25)
+    fast = _run(target, steps, True)
+    ref = _run(target, steps, False)
+    assert machine_counts(fast.kernel) == machine_counts(ref.kernel)
+    assert machine_state(fast.kernel) == machine_state(ref.kernel)
+    assert fast.reads == ref.reads
