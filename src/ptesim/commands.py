@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
 from ptesim.events import SCHEMA_KEYS, with_aggregates
+from ptesim.fast.memo import ENGINES
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
 from ptesim.options import add_options, single
 from ptesim.units import format_size
@@ -29,12 +31,19 @@ def add_model_options(p: argparse.ArgumentParser, *, mem: str = "1M") -> None:
     )
     p.add_argument("--placement", default="aligned", choices=("aligned", "malloc"), help="mapping placement")
     p.add_argument("--check", action="store_true", help="run every validate_* invariant after each operation")
+    p.add_argument(
+        "--engine",
+        default="fast",
+        choices=ENGINES,
+        help="fast: replay recorded per-table runs where it applies (the default; same counts and state);"
+        " reference: execute every PTE",
+    )
 
 
 def spec_from_args(a: argparse.Namespace, command: str, *, trace_limit: int = 0) -> ModelSpec:
-    """The one model machine of ``explain``/``trace``: the shared options, placement and checks."""
+    """The one model machine of ``explain``/``trace``: the shared options, placement, checks, engine."""
     combo = single(a, command, grow_mem=True)
-    spec = combo.model_spec(placement=a.placement, checks=a.check, trace_limit=trace_limit)
+    spec = combo.model_spec(placement=a.placement, checks=a.check, trace_limit=trace_limit, engine=a.engine)
     spec.config()  # validate overrides early
     return spec
 
@@ -160,8 +169,12 @@ def cmd_explain(a: argparse.Namespace) -> int:
     spec = spec_from_args(a, "explain")
     if a.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
+    t0 = time.perf_counter()
     res = run_scenario(spec, a.scenario)
+    elapsed = time.perf_counter() - t0
     data = explain_json(res)
+    data["engine"] = "fast" if res.kernel.fast is not None else "reference"
+    data["elapsed_s"] = round(elapsed, 6)
     if a.json:
         json.dump(data, sys.stdout, indent=2)
         print()

@@ -43,6 +43,7 @@ ENGINES = ("fast", "reference")
 Rel = Any  # an entry: the raw value, or (prot bits, folio ordinal, page offset in the folio)
 Key = tuple[Any, ...]
 
+_PLAIN = (int, bool, str, float, type(None))
 #: Folio fields that are not part of a folio's *state* for the key: its identity and contents.
 _FOLIO_IDENTITY = ("pfn", "data")
 #: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps).
@@ -76,7 +77,7 @@ class Template:
     replayable: bool
     entries_after: tuple[Rel, ...] = ()
     dst_after: tuple[Rel, ...] | None = None
-    folio_changes: tuple[tuple[tuple[str, bool, Any], ...], ...] = ()
+    folio_changes: tuple[tuple[tuple[str, str, Any], ...], ...] = ()
     rss: tuple[tuple[tuple[str, int], ...], ...] = ()
     nr_ptes: tuple[int, ...] = ()
     counts: Counter[tuple[str, str, int]] | None = None
@@ -97,6 +98,12 @@ class FastEngine:
         self.stats: Counter[str] = Counter()
         arch = kernel.arch
         #: inline PFN arithmetic when the arch uses the generic encoding
+        from ptesim.arch.base import Arch
+
+        cls = type(arch)
+        generic = cls.pte_pfn is Arch.pte_pfn and cls.pte_present is Arch.pte_present
+        #: (present bit, PFN mask, PFN shift) when the arch uses the generic helpers, else zeros
+        self._inline = (arch.PRESENT, arch.pfn_mask, arch.PFN_SHIFT) if generic else (0, 0, 0)
         #: one PFN in an entry's raw value
         self._unit = arch.pfn_pte(1, 0) - arch.pfn_pte(0, 0)
         #: folios of equal tables sit at the same PFN offset within a PMD-sized physical block
@@ -112,9 +119,8 @@ class FastEngine:
         self._get_lists = operator.attrgetter(*lists, *lists[:1])
         self._n_scalars = len(scalars)
         self._n_lists = len(lists)
-        plain = (int, bool, str, type(None))
         self._generic_folio = any(
-            not isinstance(getattr(sample, f), plain) and f not in self._list_fields for f in fields
+            not isinstance(getattr(sample, f), _PLAIN) and f not in self._list_fields for f in fields
         )
         g = arch.geometry
         self._span = g.pmd_size
@@ -135,13 +141,14 @@ class FastEngine:
         present = arch.pte_present
         pte_pfn = arch.pte_pfn
         unit = self._unit
+        bit, mask, shift = self._inline
         out: list[Rel] = []
         append = out.append
         for e in entries:
-            if not e or not present(e):
+            if not e or not (e & bit if bit else present(e)):
                 append(e)
                 continue
-            f = page_folio.get(pte_pfn(e))
+            f = page_folio.get((e & mask) >> shift if bit else pte_pfn(e))
             if f is None:
                 append(e)
                 continue
@@ -180,18 +187,20 @@ class FastEngine:
 
     def _folio_changes(
         self, before: tuple[Any, ...], after: tuple[Any, ...]
-    ) -> tuple[tuple[str, bool, Any], ...]:
+    ) -> tuple[tuple[str, str, Any], ...]:
         """The fields a run changed: (name, is a list, frozen value after)."""
         return tuple(
-            (n, n in self._list_fields, a)
+            (n, "list" if n in self._list_fields else "plain" if isinstance(a, _PLAIN) else "other", a)
             for n, b, a in zip(self._folio_fields, before[:-1], after[:-1], strict=True)
             if a != b
         )
 
     @staticmethod
-    def _apply_folio_changes(f: Folio, changes: tuple[tuple[str, bool, Any], ...]) -> None:
-        for n, is_list, v in changes:
-            if is_list:
+    def _apply_folio_changes(f: Folio, changes: tuple[tuple[str, str, Any], ...]) -> None:
+        for n, kind, v in changes:
+            if kind == "plain":
+                setattr(f, n, v)
+            elif kind == "list":
                 setattr(f, n, list(v))
             else:
                 _thaw_into(f, n, v)

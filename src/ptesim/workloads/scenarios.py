@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ptesim.errors import UsageError
 from ptesim.events import EventSink
+from ptesim.fast.footprint import check_fits
 from ptesim.fast.memo import ENGINES, FastEngine, engine_applies
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
@@ -72,6 +73,8 @@ class ModelSpec:
                 f"folio size {format_size(self.folio)} is larger than the mapping ({format_size(self.mem)})"
             )
         k.set_folio_size(self.folio)
+        g = k.arch.geometry
+        check_fits(self.mem, g.page_size, self.folio, g.pmd_size)
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
         if self.engine == "fast" and engine_applies(k):
