@@ -85,6 +85,8 @@ class Template:
     queued: tuple[tuple[int, int], ...] = ()  # zap: (folio ordinal, nr) appended to the gather
     slots: int = 0  # zap: gather slots the run consumed
     gather_after: tuple[Any, ...] = ()
+    new_folios: tuple[tuple[tuple[str, str, Any], ...], ...] = ()  # populate: whole state
+    new_offsets: tuple[int, ...] = ()  # populate: PFN of each new folio from the first one
 
 
 class FastEngine:
@@ -259,7 +261,137 @@ class FastEngine:
             return self._copy(fn, *args)
         if kind == "zap":
             return self._zap(fn, *args)
+        if kind == "populate":
+            return self._populate(fn, *args)
         raise ValueError(kind)
+
+    def _full_state(self, f: Folio) -> tuple[tuple[str, str, Any], ...]:
+        """Every field of a folio, contents included, as changes to apply to a fresh one."""
+        out = []
+        for n in (*self._folio_fields, "data"):
+            v = getattr(f, n)
+            kind = "list" if isinstance(v, list) else "plain" if isinstance(v, _PLAIN) else "other"
+            out.append((n, kind, _freeze(v)))
+        return tuple(out)
+
+    def _populate(self, fn: Callable[..., Any], vma: Vma, start: int, end: int) -> Any:
+        """Write faults over one PMD range: the record also holds the folios the faults allocated
+        (their orders in allocation order and their whole state); a replay allocates the same
+        orders through the reference allocator, which with empty free lists and the same PFN
+        alignment places them the same way relative to each other."""
+        from ptesim.kernel.pgtable import PteTable
+
+        mm = vma.mm
+        kernel = self.kernel
+        pages = kernel.pages
+        base = start & ~(self._span - 1)
+        tab = mm.pmd_entry(start)
+        if (
+            isinstance(tab, int)
+            or vma.file is not None
+            or any(pages._free.values())
+            or (tab is not None and not isinstance(tab, PteTable))
+        ):
+            self.stats["reference"] += 1
+            return fn(vma, start, end)
+        sink = kernel.sink
+        folios: list[Folio] = []
+        index: dict[int, int] = {}
+        rel = self._relative(tab.entries, folios, index) if tab is not None else None
+        thp = kernel.thp
+        key = (
+            "populate",
+            sink.op,
+            sink.stack,
+            kernel.hw.current,
+            start - base,
+            end - base,
+            self._vma_key(vma, base),
+            self._mm_key(mm),
+            self._depth(mm, start),
+            thp.top,
+            tuple(sorted(thp.per_order.items())),
+            pages._next_pfn % self._align,
+            rel,
+            tuple(self._folio_state(f) for f in folios),
+        )
+        tpl = self.templates.get(key)
+        if tpl is None:
+            self.stats["recorded"] += 1
+            states = key[-1]
+            mm_before = self._mm_key(mm)
+            tlb_before = sum(len(c.tlb) for c in kernel.hw.cpus)
+            allocated = pages.allocated
+            rss_before = Counter(mm.rss)
+            nr_before = mm.nr_ptes
+            data_before = [list(f.data) for f in folios]
+            n_old = len(folios)
+            ret, counts = self._recorded(fn, vma, start, end)
+            tab_after = mm.pmd_entry(start)
+            after = (
+                self._relative(tab_after.entries, folios, index) if isinstance(tab_after, PteTable) else None
+            )
+            new = folios[n_old:]
+            by_pfn = sorted(range(n_old, len(folios)), key=lambda i: folios[i].pfn)
+            ok = (
+                ret is None
+                and after is not None
+                and not any(pages._free.values())
+                and pages.allocated - allocated == len(new)
+                and sum(len(c.tlb) for c in kernel.hw.cpus) == tlb_before
+                and self._mm_key(mm) == mm_before
+                and all(list(f.data) == d for f, d in zip(folios, data_before, strict=False))
+                and self._depth(mm, start) == self._levels - 2
+                and self._translatable(after, folios)
+            )
+            tpl = Template(replayable=False)
+            if ok:
+                assert after is not None
+                tpl = Template(
+                    replayable=True,
+                    entries_after=after,
+                    folio_changes=tuple(
+                        self._folio_changes(b, self._folio_state(f))
+                        for f, b in zip(folios[:n_old], states, strict=True)
+                    ),
+                    rss=(_delta(rss_before, mm.rss),),
+                    nr_ptes=(mm.nr_ptes - nr_before,),
+                    counts=counts,
+                    queued=tuple((i, folios[i].order) for i in by_pfn),
+                    new_folios=tuple(self._full_state(folios[i]) for i in by_pfn),
+                    new_offsets=tuple(folios[i].pfn - folios[by_pfn[0]].pfn for i in by_pfn)
+                    if by_pfn
+                    else (),
+                )
+            self.templates[key] = tpl
+            return ret
+        if not tpl.replayable:
+            self.stats["reference"] += 1
+            return fn(vma, start, end)
+        self.stats["replayed"] += 1
+        assert tpl.counts is not None
+        had_table = tab is not None
+        if not had_table:
+            self._muted(mm.pte_alloc, start)
+        tab = mm.pmd_entry(start)
+        assert isinstance(tab, PteTable)
+        ordered: list[Any] = folios + [None] * len(tpl.queued)
+        first_pfn = 0
+        for j, ((ordinal, order), state) in enumerate(zip(tpl.queued, tpl.new_folios, strict=True)):
+            f = self._muted(pages.folio_alloc, order, mm)
+            if j == 0:
+                first_pfn = f.pfn
+            assert f.pfn - first_pfn == tpl.new_offsets[j], "allocator placed a replayed folio differently"
+            self._apply_folio_changes(f, state)
+            ordered[ordinal] = f
+        tab.entries[:] = self._absolute(tpl.entries_after, ordered)
+        for f, ch in zip(folios, tpl.folio_changes, strict=True):
+            if ch:
+                self._apply_folio_changes(f, ch)
+        mm.rss.update(dict(tpl.rss[0]))
+        mm.nr_ptes += tpl.nr_ptes[0] - (1 if had_table is False else 0)
+        sink.counts.update(tpl.counts)
+        return None
 
     def _muted(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run reference code whose counts are already in a record."""
@@ -492,12 +624,13 @@ R = TypeVar("R")
 
 def memoised_table_op(kind: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Let the fast engine, when the machine has one, replay recorded runs of this per-table
-    function (``kind`` 'copy': ``copy_pte_range``; 'zap': ``zap_pte_range``)."""
+    function (``kind`` 'copy': ``copy_pte_range``; 'zap': ``zap_pte_range``; 'populate': the
+    write faults of ``__mm_populate`` over one PMD range)."""
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            vma: Any = args[1]
+            vma: Any = args[0 if kind == "populate" else 1]
             eng = vma.mm.kernel.fast
             if eng is None or kwargs:
                 return fn(*args, **kwargs)

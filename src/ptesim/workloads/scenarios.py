@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from ptesim.errors import UsageError
 from ptesim.events import EventSink
 from ptesim.fast.footprint import check_fits
-from ptesim.fast.memo import ENGINES, FastEngine, engine_applies
+from ptesim.fast.memo import ENGINES, FastEngine, engine_applies, memoised_table_op
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
+from ptesim.kernel.mm import Vma
 from ptesim.units import MODEL_MEM_MAX, format_size
 
 BLOCK = 64 * 1024  # the normalisation unit of the reference tables: one 64K block
@@ -155,24 +156,37 @@ def _malloc_addr(k: Kernel, length: int) -> int:
 
 
 def fault_in(t: Task, addr: int, length: int) -> None:
-    """__mm_populate(): write-fault every page that is not yet mapped."""
-    from ptesim.kernel.memory import handle_mm_fault
-
+    """__mm_populate(): write-fault every page that is not yet mapped, one PMD range at a time."""
     k = t.kernel
-    page = k.arch.page_size
     vma = t.mm.find_vma(addr)
     assert vma is not None
+    pmd = k.arch.geometry.pmd_size
+    end = addr + length
     with k.operation(t, "populate"):
-        for a in range(addr, addr + length, page):
-            ptep = t.mm.pte_offset(a)
-            if isinstance(t.mm.pmd_entry(a), int):
-                continue
-            if ptep is None or not k.arch.pte_present(ptep.peek()):
-                handle_mm_fault(vma, a, True)
+        a = addr
+        while a < end:
+            nxt = min((a | (pmd - 1)) + 1, end)
+            populate_pmd_range(vma, a, nxt)
+            a = nxt
     if t.kernel.checks:
         from ptesim.kernel.check import validate_all
 
         validate_all(k)
+
+
+@memoised_table_op("populate")
+def populate_pmd_range(vma: Vma, start: int, end: int) -> None:
+    """Write-fault every unmapped page of [start, end) (within one PMD), as faultin_page() does."""
+    from ptesim.kernel.memory import handle_mm_fault
+
+    mm = vma.mm
+    arch = mm.kernel.arch
+    for a in range(start, end, arch.page_size):
+        if isinstance(mm.pmd_entry(a), int):
+            continue
+        ptep = mm.pte_offset(a)
+        if ptep is None or not arch.pte_present(ptep.peek()):
+            handle_mm_fault(vma, a, True)
 
 
 @dataclass
