@@ -63,8 +63,6 @@ CORPUS: list[tuple[list[str], str]] = [
     (["explain", "--folio", "48K"], "48K"),
     (["explain", "--folio", "4M", "--mem", "1M"], "4M"),
     (["explain", "--granule", "8K", "--arch", "arm64"], "8K"),
-    (["explain", "--mem", "1T", "--folio", "4K"], "limit"),
-    (["explain", "--mem", "64T", "--folio", "2M", "--json"], "available"),
     (["explain", "--engine", "turbo"], "turbo"),
     (["explain", "--granule", "16K", "--arch", "x86"], "x86"),
     (["explain", "--cpu-features", "warp-drive"], "warp-drive"),
@@ -74,7 +72,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["explain", "--cpus", "0"], "cpu"),
     (["explain", "--cpus", "two"], "two"),
     (["explain", "--scenario", "teleport"], "teleport"),
-    (["explain", "--mem", "1T"], "4G"),
+    (["explain", "--mem", "1T"], "64G"),
     (["explain", "--top", "-5"], "--top"),
     (["explain", "--top", "many"], "--top"),
     (["explain", "--depth", "0"], "--depth"),
@@ -144,7 +142,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["wis", "--preset", "v6.9", "--cpus", "1-1000000000"], "1-1000000000"),
     (["wis", "--preset", "v6.9", "--mem", "1T"], "--mem"),
     (["wis", "--preset", "v6.9", "--preset", "v6.8"], "--preset"),
-    (["latency", "fork", "--mem", "1T"], "4G"),
+    (["latency", "fork", "--mem", "1T"], "64G"),
     (["wis", "--baseline", "v0.0"], "v0.0"),
     (["wis", "--arch", "x86", "--profile", "altra"], "altra"),
     (["wis", "--preset", "nope"], "nope"),
@@ -230,3 +228,19 @@ def test_bad_invocation_is_one_line_exit_2(
     assert "Traceback" not in err
     assert lines[0].startswith("ptesim: error: ")
     assert word.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv", [["explain", "--mem", "4G", "--folio", "4K"], ["trace", "--mem", "8G", "--folio", "4K"]]
+)
+def test_mapping_beyond_memory_is_refused_up_front(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine with 1 GiB available, a mapping whose model state needs more is refused with
+    one line naming the limit, before anything is built."""
+    from ptesim.fast import footprint
+
+    monkeypatch.setattr(footprint, "available_bytes", lambda: 1 << 30)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "limit is" in err[0] and "available" in err[0], err

@@ -16,8 +16,9 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-#: the largest mapping the model is asked to populate (about a million 4K pages: minutes, a GiB of RAM)
-MODEL_MEM_MAX = 4 * GiB
+#: the largest mapping the model is asked to populate; below it, a mapping whose model state would
+#: not fit in this machine's memory is refused by :func:`ptesim.fast.footprint.check_fits`
+MODEL_MEM_MAX = 64 * GiB
 
 
 def parse_size(text: str, *, what: str = "size") -> int:
