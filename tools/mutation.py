@@ -47,7 +47,7 @@ CONFIG = """
 [tool.mutmut]
 source_paths = ["src"]
 only_mutate = [{only}]
-also_copy = ["tools/"]
+also_copy = ["tools/", "docs/", "README.md"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not host and not slow"]
 pytest_add_cli_args_test_selection = [
     "tests", "tools/mutation_fuzz_test.py", "--ignore=tests/test_lint.py", "-k", "{deselect}",

@@ -49,6 +49,10 @@ class Mutant:
     #: "historical" (a bug a posted series had) or "plausible"
     kind: str
     patches: Callable[[], list[Patch]]
+    #: a bug that changes only counts, not behaviour: the fuzzer cannot see it; ``detect`` (a
+    #: count property, also in ``tests/test_properties.py``) returns what it found wrong, or None
+    count_only: bool = False
+    detect: Callable[[], str | None] | None = None
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -80,8 +84,9 @@ class _PresetsView:
 _PRESETS_VIEW = _PresetsView()
 
 
-def _convert(drop_dirty: bool = False, flush: bool = True) -> Callable[..., None]:
-    """contpte_convert with its dirty gathering or its break-before-make flush removed."""
+def _convert(drop_dirty: bool = False, flush: bool = True, from_addr: bool = False) -> Callable[..., None]:
+    """contpte_convert with its dirty gathering or its break-before-make flush removed, or (with
+    ``from_addr``) flushing from the faulting address instead of the block start."""
 
     @kfunc
     def contpte_convert(arch: Any, mm: Any, addr: int, ptep: Any, pte: int) -> None:
@@ -99,9 +104,10 @@ def _convert(drop_dirty: bool = False, flush: bool = True) -> Callable[..., None
             if arch.pte_young(old):
                 pte = arch.pte_mkyoung(pte)
         if arch.convert_flushes():
+            lo = addr & ~(arch.page_size - 1) if from_addr else start_addr
             if flush:
-                arch.raw_flush_tlb_range(mm, start_addr, start_addr + size, arch.page_size, True, 3)
-            arch.hw.flush_point(mm, start_addr, start_addr + size, "contpte_convert")
+                arch.raw_flush_tlb_range(mm, lo, start_addr + size, arch.page_size, True, 3)
+            arch.hw.flush_point(mm, lo, start_addr + size, "contpte_convert")
         arch.raw_set_ptes(mm, start_addr, start_ptep, pte, n)
 
     return contpte_convert
@@ -234,6 +240,113 @@ def _cow_reuses_shared() -> list[Patch]:
     return [(memory, "wp_can_reuse_anon_folio", wp_can_reuse_anon_folio)]
 
 
+def _child_keeps_shared_dirty() -> list[Patch]:
+    def _child_pte(arch: Any, dst_vma: Any, src_vma: Any, pte: int) -> int:
+        pte = arch.pte_mkold(pte)  # the VM_SHARED pte_mkclean() forgotten
+        if not memory.userfaultfd_wp(dst_vma):
+            pte = arch.pte_clear_uffd_wp(pte)
+        return int(pte)
+
+    return [(memory, "_child_pte", _child_pte)]
+
+
+def _unfold_partial_mask() -> list[Patch]:
+    @kfunc
+    def contpte_try_unfold_partial(arch: Any, mm: Any, addr: int, ptep: Any, nr: int) -> None:
+        n = arch.contpte_nr
+        if ptep.idx & n or nr < n:  # the block size where the mask n - 1 belongs
+            contpte.contpte_try_unfold(arch, mm, addr, ptep, arch.raw_ptep_get(ptep))
+        if (ptep.idx + nr) & n:
+            last = ptep + (nr - 1)
+            contpte.contpte_try_unfold(
+                arch, mm, addr + (nr - 1) * arch.page_size, last, arch.raw_ptep_get(last)
+            )
+
+    return [(contpte, "contpte_try_unfold_partial", contpte_try_unfold_partial)]
+
+
+def _ptep_get_15() -> list[Patch]:
+    @kfunc
+    def contpte_ptep_get(arch: Any, ptep: Any, orig: int) -> int:
+        n = arch.contpte_nr
+        for pte in arch.raw_ptep_get_block(ptep.align_down(n), n - 1):  # off by one: the last entry
+            if arch.pte_dirty(pte):
+                orig = arch.pte_mkdirty(orig)
+            if arch.pte_young(pte):
+                orig = arch.pte_mkyoung(orig)
+        return orig
+
+    return [(contpte, "contpte_ptep_get", contpte_ptep_get)]
+
+
+def _cow_reuses_some_exclusive() -> list[Patch]:
+    orig = memory.wp_can_reuse_anon_folio
+
+    def wp_can_reuse_anon_folio(folio: Any, vma: Any) -> bool:
+        return any(folio.anon_exclusive) or bool(orig(folio, vma))  # some page, not this page
+
+    return [(memory, "wp_can_reuse_anon_folio", wp_can_reuse_anon_folio)]
+
+
+def _broadcast_misses_a_cpu() -> list[Patch]:
+    from ptesim.events import emit
+    from ptesim.hw.cpu import Hardware
+
+    def tlbi(
+        self: Any,
+        kind: Any,
+        *,
+        broadcast: bool,
+        asid: int | None = None,
+        vpn: int = 0,
+        npages: int = 1,
+        mm: object | None = None,
+        count: int = 1,
+    ) -> None:
+        emit(f"tlbi_{kind}_{'bcast' if broadcast else 'local'}", count, mm=mm)
+        last = self.cpus[-1].id
+        targets = (
+            [c for c in self.cpus if c.id != last or c.id == self.current]
+            if broadcast
+            else [self.cpus[self.current]]
+        )
+        for cpu in targets:
+            self._apply(cpu, kind, asid, vpn, npages)
+
+    return [(Hardware, "tlbi", tlbi)]
+
+
+def _pti_twin_once() -> list[Patch]:
+    from ptesim.arch.x86 import X86
+
+    orig = X86.flush_tlb_func
+
+    def flush_tlb_func(self: Any, mm: Any, full: bool, vpn: int, npages: int, twin: int) -> None:
+        orig(self, mm, full, vpn, npages, 1)  # the user-PCID twin not counted
+
+    return [(X86, "flush_tlb_func", flush_tlb_func)]
+
+
+def pti_doubles_local_flushes(
+    scenario: str = "fork-first", folio: int = 64 << 10, mem: int = 256 << 10
+) -> str | None:
+    """The x86 PTI count property: turning on ``pti`` doubles exactly the local invalidations
+    (the kernel-PCID flush and its user-PCID twin, flush_tlb_func / invalidate_user_asid) and
+    changes no other count.  Returns the first count that breaks it, or None."""
+    from ptesim.workloads.scenarios import ModelSpec, run_scenario
+
+    def totals(features: frozenset[str]) -> dict[str, int]:
+        spec = ModelSpec(arch="x86", preset="v6.9", folio=folio, mem=mem, cpu_features=features)
+        return dict(run_scenario(spec, scenario).sink.totals())
+
+    plain, pti = totals(frozenset()), totals(frozenset({"pti"}))
+    for key in sorted(set(plain) | set(pti)):
+        want = plain.get(key, 0) * (2 if key.startswith("tlbi_") and key.endswith("_local") else 1)
+        if pti.get(key, 0) != want:
+            return f"{scenario}: {key} is {pti.get(key, 0)} with pti, {plain.get(key, 0)} without"
+    return None
+
+
 A64 = Target("arm64", "v6.9")
 X86 = Target("x86", "v6.9")
 
@@ -327,6 +440,63 @@ MUTANTS: dict[str, Mutant] = {
             X86,
             "plausible",
             _mprotect_no_flush,
+        ),
+        Mutant(
+            "fork-shared-child-dirty",
+            "copy_present_ptes forgets pte_mkclean() for a VM_SHARED mapping: the child's entry is "
+            "dirty, so the shared page is written back from two mappings' dirty state",
+            X86,
+            "plausible",
+            _child_keeps_shared_dirty,
+        ),
+        Mutant(
+            "convert-flush-from-addr",
+            "contpte_convert invalidates from the faulting address to the block end instead of the "
+            "whole block: a fold from the last entry flushes 1 of 16 pages, other CPUs keep "
+            "single-page entries beside the new contiguous one (a TLB conflict)",
+            A64,
+            "plausible",
+            lambda: [(contpte, "contpte_convert", _convert(from_addr=True))],
+        ),
+        Mutant(
+            "unfold-partial-mask",
+            "contpte_try_unfold_partial tests alignment with the block size instead of size - 1, so "
+            "a range that starts or ends inside a block leaves that block folded",
+            A64,
+            "plausible",
+            _unfold_partial_mask,
+        ),
+        Mutant(
+            "ptep-get-15-of-16",
+            "contpte_ptep_get gathers access/dirty from the first 15 entries of the block only",
+            A64,
+            "plausible",
+            _ptep_get_15,
+        ),
+        Mutant(
+            "cow-reuse-some-exclusive",
+            "the write fault reuses a page of a large folio because some page of the folio is "
+            "AnonExclusive, not the faulting one",
+            X86,
+            "plausible",
+            _cow_reuses_some_exclusive,
+        ),
+        Mutant(
+            "tlbi-bcast-misses-cpu",
+            "a broadcast TLB invalidation does not reach the last CPU (unless it issued it)",
+            A64,
+            "plausible",
+            _broadcast_misses_a_cpu,
+        ),
+        Mutant(
+            "pti-twin-counted-once",
+            "with PTI, flush_tlb_func issues and counts one invalidation per page instead of the "
+            "kernel and user PCID pair (a count bug: behaviour is unchanged)",
+            Target("x86", "v6.9", features=("pti",)),
+            "plausible",
+            _pti_twin_once,
+            count_only=True,
+            detect=pti_doubles_local_flushes,
         ),
         Mutant(
             "cow-reuses-shared-page",

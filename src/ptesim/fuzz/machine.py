@@ -45,6 +45,19 @@ ADVICE: dict[str, tuple[str, bool | None]] = {
 advices = st.sampled_from(list(ADVICE))
 #: offsets and lengths in units of a contiguous block, with the page remainder drawn apart
 fracs = st.integers(0, 47)
+#: how a program may start by changing part of a block: an index into the spans of ``partial``
+#: and the change (the half block holding the block's last entry made read-only and back, so the
+#: fold runs from that entry; zaps from a quarter in over more than a block; ...)
+PARTIAL_STARTS = (
+    (2, "mprotect"),
+    (5, "dontneed"),
+    (2, "mprotect"),
+    (7, "munmap"),
+    (1, "free"),
+    (0, "mprotect"),
+    (6, "dontneed"),
+    (3, "munmap"),
+)
 
 
 @dataclass
@@ -170,7 +183,8 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
             order=st.integers(0, 9),
             off=fracs,
             pages=fracs,
-            extra=st.sampled_from(["", "free", "uffd", "shared"]),
+            extra=st.sampled_from(["", "free", "uffd", "shared", "partial", "partial"]),
+            part=st.integers(0, 7),
             split=st.sampled_from(["", "dontfork", "hugepage"]),
             sub=fracs,
             subpages=fracs,
@@ -186,6 +200,7 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
             sub: int,
             subpages: int,
             fork: bool,
+            part: int,
         ) -> None:
             """Most programs begin as the cow.c selftests do: populated memory of one folio size,
             often block-aligned, sometimes shared, lazily freed and touched again, or registered
@@ -194,6 +209,11 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
             self.folio(order)
             sp = self.span(0 if off % 2 else off % 4, pages)
             sp["pages"] = max(1, self.block * (1 + pages % 3) + (0, 0, 3, -2)[(pages // 12) % 4])
+            if extra in ("partial", "free"):  # block-aligned folios of one or two blocks
+                block_order = self.block.bit_length() - 1
+                two = extra == "partial" or order % 2
+                self.run("folio", order=min(block_order + int(two), max(self.first.orders)))
+                sp = {"off": 0, "pages": self.block * (2 << (pages % 2))}
             self.run("mmap", region=0, shared=extra == "shared", **sp)
             self.run("populate", region=0, value=self.next_value(), **sp)
             if extra == "uffd":
@@ -202,10 +222,23 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
             elif extra == "free":  # then reuse it, as an allocator does
                 self.run("free", region=0, **sp)
                 self.run("read", region=0, page=sp["off"])
+                # a store to the last page of a block: the only dirty entry of a clean block
+                last = (sp["off"] // self.block + 1) * self.block - 1
+                self.run("write", region=0, page=last, value=self.next_value())
+            elif extra == "shared" and sub % 2:  # shmem registered for uffd-wp: fork copies its PTEs
+                self.run("uffd_register", region=0, **sp)
+            elif extra == "partial":  # change part of a block that other CPUs cache
+                p, op = PARTIAL_STARTS[part]
+                self.partial(0, 0, 0, p, op, "write" if fork else "read")
+            wpage = sp["off"]
             if split:
-                self.run(split, on=True, **self.within(0, 0, sub + 1, subpages, clip=True))
-            if fork and extra != "free":
+                where = self.within(0, 0, sub + 1, subpages, clip=True)
+                self.run(split, on=True, **where)
+                wpage = max(sp["off"], where["off"] - 1)  # beside the split: often the same folio
+            if fork or extra == "free":  # lazily freed memory is inherited too
                 self.run("fork", cpu=1)
+                if split or subpages % 2:  # the parent writes first, as cow.c does
+                    self.run("write", 0, region=0, page=wpage, value=self.next_value())
 
         @rule(order=st.integers(0, 9))
         def folio(self, order: int) -> None:
@@ -257,6 +290,68 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
         @rule(task=tasks, vma=vmas, off=fracs, pages=fracs)
         def munmap(self, task: int, vma: int, off: int, pages: int) -> None:
             self.run("munmap", task, **self.within(task, vma, off, pages))
+
+        @rule(
+            task=tasks,
+            vma=vmas,
+            blk=st.integers(0, 7),
+            part=st.integers(0, 7),
+            op=st.sampled_from(["mprotect", "dontneed", "munmap", "free"]),
+            then=st.sampled_from(["read", "write", "fork"]),
+        )
+        def partial_block(self, task: int, vma: int, blk: int, part: int, op: str, then: str) -> None:
+            self.partial(task, vma, blk, part, op, then)
+
+        def partial(self, task: int, vma: int, blk: int, part: int, op: str, then: str) -> None:
+            """The task reads a block on the other CPUs (so their TLBs cache it), changes part of
+            the block from its own CPU (mprotect to read-only and back, MADV_DONTNEED, munmap or
+            MADV_FREE), and touches the block from the other CPUs after each change: whatever the
+            flush range, every CPU must have lost every entry the change made stale."""
+            r = self.first
+            t = r.tasks[self.tid(task)]
+            if not t.mm.vmas:
+                return
+            v = t.mm.vmas[vma % len(t.mm.vmas)]
+            first = (v.start - BASE) // r.page
+            region, vpage = divmod(first, r.region_span // r.page)
+            n = self.block
+            q = max(1, n // 4)
+            base = (vpage + n - 1) // n * n + blk % max(1, (v.end - v.start) // r.page // n) * n
+            spans = (
+                (0, n // 2),
+                (q, n // 2),
+                (n // 2, n // 2),
+                (q, 1),
+                (n - 1, 1),
+                (q, n + q),
+                (q, n + q),
+                (q, 2 * n),
+            )
+            off, pages = spans[part]
+            where = {"region": region, "off": base + off, "pages": pages}
+            home = t.cpu
+            others = [c for c in range(NCPUS) if c != home]
+
+            def touch(write: bool) -> None:
+                for c in others:
+                    self.run("migrate", task, cpu=c)
+                    for p in (base, base + n // 2, base + n - 1):
+                        if write:
+                            self.run("write", task, region=region, page=p, value=self.next_value())
+                        else:
+                            self.run("read", task, region=region, page=p)
+                self.run("migrate", task, cpu=home)
+
+            touch(False)
+            if op == "mprotect":
+                self.run("mprotect", task, prot="r", **where)
+                touch(False)
+                self.run("mprotect", task, prot="rw", **where)
+            else:
+                self.run(op, task, **where)
+            touch(then == "write")
+            if then == "fork" and len(r.tasks) < 5:
+                self.run("fork", task, cpu=others[0])
 
         @rule(task=tasks, vma=vmas, off=fracs, pages=fracs, prot=st.sampled_from(["r", "rw"]))
         def mprotect(self, task: int, vma: int, off: int, pages: int, prot: str) -> None:

@@ -20,10 +20,13 @@ from ptesim.kernel.check import (
     Oracle,
     validate_all,
     validate_anon_dirty,
+    validate_fork_child,
     validate_freeing,
+    validate_range,
     validate_shared_dirty,
     validate_uffd_wp,
     validate_views,
+    validate_written,
 )
 from ptesim.kernel.core import Kernel, Task
 from ptesim.kernel.folio import Folio
@@ -353,6 +356,7 @@ class Runner:
     def _write(self, t: Task, a: int, value: int) -> None:
         t.write(a, value)
         self.oracle.write(t, a, value)
+        validate_written(self.kernel, t.mm, a)
 
     def _op_write(self, t: Task, s: Step) -> bool:
         a = self.addr(s.get("region"), int(s.get("page")))
@@ -383,6 +387,7 @@ class Runner:
 
     def _op_fork(self, t: Task, s: Step) -> bool:
         c = t.fork(int(s.get("cpu")) % NCPUS)
+        validate_fork_child(self.kernel, t.mm, c.mm)
         self.oracle.fork(t, c)
         self.tasks[self.next_tid] = c
         self.next_tid += 1
@@ -403,6 +408,7 @@ class Runner:
     def _op_munmap(self, t: Task, s: Step) -> bool:
         a, n = self._range(s)
         t.munmap(a, n)
+        validate_range(self.kernel, t.mm, a, a + n, present=False, writable=False)
         self.oracle.discard(t, a, n)
         return True
 
@@ -412,11 +418,14 @@ class Runner:
         if prot not in ("r", "rw"):
             return False
         t.mprotect(a, n, prot)
+        if prot == "r":
+            validate_range(self.kernel, t.mm, a, a + n, present=True, writable=False)
         return True
 
     def _op_dontneed(self, t: Task, s: Step) -> bool:
         a, n = self._range(s)
         t.madvise(a, n, "dontneed")
+        validate_range(self.kernel, t.mm, a, a + n, present=False, writable=False)
         self.oracle.discard(t, a, n)
         return True
 
@@ -458,7 +467,7 @@ class Runner:
 
         a, n = self._range(s)
         vmas = [v for v in t.mm.vmas if v.start < a + n and v.end > a]
-        if not vmas or any(v.file is not None for v in vmas):
+        if not vmas:
             return False
         with self.kernel.operation(t, "mprotect"):
             userfaultfd_register_wp(t.mm, a, n)

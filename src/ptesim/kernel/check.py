@@ -8,6 +8,7 @@ None of these checks count anything: they read the model's state directly.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ptesim.errors import InvariantViolation
@@ -180,6 +181,11 @@ def validate_tlb(kernel: Kernel, mm: MmStruct | None = None, start: int = 0, end
     arch = kernel.arch
     live = {m.asid: m for m in kernel.mms if not m.dead}
     page_shift = arch.page_shift
+    # A contiguous-bit change (fold/unfold) is break-before-make: unless the CPU tolerates both
+    # sizes at once (BBML2_NOABORT), no CPU may keep an entry of the old size (Arm ARM D8.7.1).
+    from ptesim.arch.arm64.contpte import ContPteArch
+
+    spans_must_match = isinstance(arch, ContPteArch) and arch.contpte_enabled and arch.convert_flushes()
     for cpu in kernel.hw.cpus:
         for (asid, vpn, span), e in cpu.tlb.items():
             m = live.get(asid)
@@ -190,7 +196,7 @@ def validate_tlb(kernel: Kernel, mm: MmStruct | None = None, start: int = 0, end
                 continue
             for i in range(span):
                 addr = (vpn + i) << page_shift
-                pte, pfn, _ = walk(kernel, m, addr)
+                pte, pfn, now_span = walk(kernel, m, addr)
                 where = f"cpu{cpu.id} caches {addr:#x} of mm{m.id}"
                 if kernel.pages.pfn_to_folio(e.pfn + i) is None:
                     raise InvariantViolation("tlb_coherence", f"{where} -> freed PFN {e.pfn + i:#x}")
@@ -202,6 +208,12 @@ def validate_tlb(kernel: Kernel, mm: MmStruct | None = None, start: int = 0, end
                     )
                 if e.writable and not arch.pte_write(pte):
                     raise InvariantViolation("tlb_coherence", f"{where} writable, but the PTE is read-only")
+                if spans_must_match and now_span != span:
+                    raise InvariantViolation(
+                        "tlb_coherence",
+                        f"{where} as a {span}-page entry, but the PTE now maps {now_span} pages "
+                        "(changed without a covering flush)",
+                    )
 
 
 def flush_point_check(kernel: Kernel, mm: object, start: int, end: int, why: str) -> None:
@@ -520,3 +532,74 @@ def validate_freeing(kernel: Kernel, folio: Folio) -> None:
                     f"{folio!r} freed while cpu{cpu.id} caches it for "
                     f"{vpn << kernel.arch.page_shift:#x} of mm{m.id}",
                 )
+
+
+# ---- what each operation guarantees right after it -------------------------------------------
+
+
+def _gathered(kernel: Kernel, mm: MmStruct, addr: int, pte: int, bit: Callable[[int], bool]) -> bool:
+    """``bit`` of what ptep_get() must return: a contiguous block gathers every entry's bit."""
+    arch = kernel.arch
+    n = arch.cont_ptes
+    if n <= 1 or not arch.pte_valid_cont(pte):
+        return bit(pte)
+    ptep = mm.pte_offset(addr)
+    assert ptep is not None
+    first = ptep.align_down(n)
+    return any(bit((first + i).peek()) for i in range(n))
+
+
+def validate_fork_child(kernel: Kernel, parent: MmStruct, child: MmStruct) -> None:
+    """Right after fork every entry the child shares with the parent is old, and clean where the
+    mapping is VM_SHARED (copy_present_ptes: pte_mkclean if VM_SHARED, then pte_mkold;
+    copy_huge_pmd: pmd_mkold), so the dirty state of shared pages stays with the parent and reclaim
+    ages the child's pages afresh.  A page copied for the child (copy_present_page, a pinned
+    page) is a new mapping made young and dirty."""
+    from ptesim.hw.mmu import walk
+
+    arch = kernel.arch
+    for addr, pte, _span in _present_leaves(kernel, child):
+        _ppte, ppfn, _ = walk(kernel, parent, addr)
+        if _ppte is None or ppfn != walk(kernel, child, addr)[1]:
+            continue
+        vma = child.find_vma(addr)
+        if arch.pte_young(pte):
+            raise InvariantViolation("fork_child_bits", f"mm{child.id} {addr:#x}: the child's entry is young")
+        if vma is not None and vma.flags & VM_SHARED and arch.pte_dirty(pte):
+            raise InvariantViolation(
+                "fork_child_bits", f"mm{child.id} {addr:#x}: the child's entry of a shared mapping is dirty"
+            )
+
+
+def validate_written(kernel: Kernel, mm: MmStruct, addr: int) -> None:
+    """Right after a store completes, the page's entry is present, writable, young and dirty as
+    ptep_get() reports it (hardware or the fault path set access and dirty)."""
+    from ptesim.hw.mmu import walk
+
+    arch = kernel.arch
+    pte, _pfn, _span = walk(kernel, mm, addr)
+    where = f"mm{mm.id} {addr:#x} after a store"
+    if pte is None or not arch.pte_write(pte):
+        raise InvariantViolation("op_state", f"{where}: the entry is not present and writable")
+    if not _gathered(kernel, mm, addr, pte, arch.pte_dirty):
+        raise InvariantViolation("op_state", f"{where}: the entry is clean")
+    if not _gathered(kernel, mm, addr, pte, arch.pte_young):
+        raise InvariantViolation("op_state", f"{where}: the entry is old")
+
+
+def validate_range(
+    kernel: Kernel, mm: MmStruct, start: int, end: int, *, present: bool, writable: bool
+) -> None:
+    """Right after munmap or MADV_DONTNEED nothing in [start, end) is present (``present=False``);
+    right after mprotect(PROT_READ) nothing there is writable (``writable=False``)."""
+    arch = kernel.arch
+    for addr, pte, span in _present_leaves(kernel, mm):
+        hi = addr + span * arch.page_size
+        if span > 1 and (addr < start or hi > end):
+            continue  # a PMD leaf partly in range: its split is not modelled
+        if hi <= start or addr >= end:
+            continue
+        if not present:
+            raise InvariantViolation("op_state", f"mm{mm.id} {addr:#x}: still mapped after it was zapped")
+        if not writable and arch.pte_write(pte):
+            raise InvariantViolation("op_state", f"mm{mm.id} {addr:#x}: still writable after PROT_READ")

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from ptesim.errors import UsageError
 from ptesim.events import kfunc
-from ptesim.kernel.mm import VM_SHARED, VM_UFFD_WP, MmStruct, Vma
+from ptesim.kernel.mm import VM_UFFD_WP, MmStruct, Vma
 from ptesim.kernel.mmap import _check_range, _isolate, can_change_pte_writable
 from ptesim.kernel.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
 
 
 def userfaultfd_register_wp(mm: MmStruct, start: int, length: int) -> None:
-    """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP over private anonymous VMAs (the model keeps
-    the registration across fork, as with UFFD_FEATURE_EVENT_FORK)."""
+    """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP over anonymous or shmem VMAs (shmem since
+    v5.19, b1f9e876862d 'mm/uffd: enable write protection for shmem & hugetlbfs'; the model keeps
+    the registration across fork, as with UFFD_FEATURE_EVENT_FORK).  A registered shmem VMA makes
+    fork copy its page tables (vma_needs_copy).  The PTE markers that keep a zapped shmem page
+    protected (pte_marker_uffd_wp) are not modelled: a zap forgets the protection."""
     end = _check_range(mm, start, length)
     for vma in _isolate(mm, start, end):
-        if vma.flags & VM_SHARED:
-            raise UsageError("uffd-wp registration of shared memory is not modelled")
         vma.flags |= VM_UFFD_WP
 
 
