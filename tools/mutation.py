@@ -13,7 +13,8 @@ without the process-pool fuzz campaigns, which mutmut cannot attribute to functi
 ``tools/mutation_fuzz_test.py`` runs a smaller fuzz budget in-process on four targets.
 
     python tools/mutation.py --sample 200             # 200 mutants drawn at random (seeded)
-    python tools/mutation.py --functions 'ptesim.arch.arm64.contpte.*'
+    python tools/mutation.py --functions 'ptesim.arch.arm64.contpte.*' \
+        --tests tests/test_arm64_contpte.py tools/mutation_fuzz_test.py   # targeted: minutes
     python tools/mutation.py --all                    # every mutant (hours on 2 cores)
     python tools/mutation.py --report                 # the score of what has run so far
 
@@ -27,7 +28,6 @@ import fnmatch
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -49,9 +49,7 @@ source_paths = ["src"]
 only_mutate = [{only}]
 also_copy = ["tools/", "docs/", "README.md"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not host and not slow"]
-pytest_add_cli_args_test_selection = [
-    "tests", "tools/mutation_fuzz_test.py", "--ignore=tests/test_lint.py", "-k", "{deselect}",
-]
+pytest_add_cli_args_test_selection = [{tests}, "--ignore=tests/test_lint.py", "-k", "{deselect}"]
 timeout_multiplier = 4.0
 """
 
@@ -61,7 +59,21 @@ def mutmut() -> str:
     return str(exe) if exe.exists() else "mutmut"
 
 
-def prepare(workdir: Path, fresh: bool) -> None:
+def module_files(globs: list[str]) -> list[str]:
+    """``src/ptesim/arch/arm64/contpte.py`` for ``ptesim.arch.arm64.contpte.*`` (the modules named by
+    function globs), so that mutmut mutates only those files."""
+    out = []
+    for g in globs:
+        parts = []
+        for part in g.split("."):
+            if "*" in part or part.startswith(("x_", "x\u01c1")):
+                break
+            parts.append(part)
+        out.append("src/" + "/".join(parts) + ".py")
+    return out
+
+
+def prepare(workdir: Path, fresh: bool, tests: list[str], files: list[str] | None = None) -> None:
     """Copy the tracked files of the repository into ``workdir`` and configure mutmut there."""
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
@@ -79,10 +91,11 @@ def prepare(workdir: Path, fresh: bool) -> None:
             dst = workdir / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    only = ", ".join(f'"src/ptesim/{p}/*"' for p in PACKAGES)
+    only = ", ".join(f'"{f}"' for f in files) if files else ", ".join(f'"src/ptesim/{p}/*"' for p in PACKAGES)
     deselect = " and ".join(f"not {t}" for t in CAMPAIGN_TESTS)
     pyproject = workdir / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text() + CONFIG.format(only=only, deselect=deselect))
+    selection = ", ".join(f'"{t}"' for t in tests)
+    pyproject.write_text(pyproject.read_text() + CONFIG.format(only=only, deselect=deselect, tests=selection))
 
 
 def env(workdir: Path) -> dict[str, str]:
@@ -162,29 +175,37 @@ def report(workdir: Path, names: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--sample", type=int, metavar="N", help="run N mutants drawn at random")
-    mode.add_argument("--functions", nargs="+", metavar="GLOB", help="run the mutants of these functions")
+    ap.add_argument("--sample", type=int, metavar="N", help="run N mutants drawn at random (of --functions)")
+    ap.add_argument("--functions", nargs="+", metavar="GLOB", help="only the mutants of these functions")
     mode.add_argument("--all", action="store_true", help="run every mutant")
     mode.add_argument("--report", action="store_true", help="only print the score of what has run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ptesim-mutation"))
     ap.add_argument("--resume", action="store_true", help="keep the workdir and the results in it")
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        default=["tests", "tools/mutation_fuzz_test.py"],
+        help="test files or directories mutmut may run (default: all of tests/ and the in-process fuzz)",
+    )
     a = ap.parse_args(argv)
     workdir: Path = a.workdir
     if a.report:
         text = report(workdir, None)
         print(text)
         return 0
-    prepare(workdir, fresh=not a.resume)
+    prepare(
+        workdir, fresh=not a.resume, tests=a.tests, files=module_files(a.functions) if a.functions else None
+    )
     names = generate(workdir, a.jobs)
+    chosen = names
     if a.functions:
-        pats = [re.sub(r"\.([^.]+)$", r".x*\1*", g) if "x_" not in g else g for g in a.functions]
-        chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in pats + list(a.functions))]
-    elif a.sample:
-        chosen = sorted(random.Random(a.seed).sample(names, min(a.sample, len(names))))
-    else:
-        chosen = names
+        chosen = [n for n in names if any(fnmatch.fnmatch(n, g) for g in a.functions)]
+    if a.sample:
+        chosen = sorted(random.Random(a.seed).sample(chosen, min(a.sample, len(chosen))))
+    elif not (a.functions or a.all):
+        ap.error("say --sample N, --functions GLOB... or --all")
     print(f"{len(names)} mutants generated; running {len(chosen)}", flush=True)
     (workdir / "chosen.json").write_text(json.dumps(chosen))
     cmd = [mutmut(), "run", "--max-children", str(a.jobs), *chosen]

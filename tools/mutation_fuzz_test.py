@@ -21,5 +21,5 @@ TARGETS = [
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.label() for t in TARGETS])
 def test_fuzz_finds_no_violation(target: Target) -> None:
-    res = fuzz(target, 25, seed=0, shrink=False)
+    res = fuzz(target, 15, seed=0, shrink=False)
     assert res.violation is None, (res.violation.check, res.violation.detail) if res.violation else None
