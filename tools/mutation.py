@@ -121,9 +121,10 @@ def generate(workdir: Path, jobs: int) -> list[str]:
 def statuses(workdir: Path) -> dict[str, int | None]:
     """Every mutant name and its mutmut exit code (None: not run yet)."""
     out: dict[str, int | None] = {}
-    for meta in (workdir / "mutants" / "src" / "ptesim").rglob("*.py.meta"):
-        data = json.loads(meta.read_text())
-        out.update(data.get("exit_code_by_key", {}))
+    for pkg in PACKAGES:
+        for meta in (workdir / "mutants" / "src" / "ptesim" / pkg).rglob("*.py.meta"):
+            data = json.loads(meta.read_text())
+            out.update(data.get("exit_code_by_key", {}))
     return out
 
 
