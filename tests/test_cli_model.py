@@ -97,7 +97,7 @@ BAD = [
     (["explain", "--arch", "x86", "--granule", "16K"], "4K granule"),
     (["explain", "--mem", "5000"], "not a multiple"),
     (["nonsense"], "invalid choice"),
-    (["explain", "--folio", "16K,64K"], "one value of --folio"),
+    (["trace", "--folio", "16K,64K"], "one value of --folio"),
 ]
 
 
@@ -141,3 +141,26 @@ def test_decomposition_columns_are_the_cost_model_categories() -> None:
     from ptesim.cost.model import CATEGORIES as MODEL_CATEGORIES
 
     assert CATEGORIES == MODEL_CATEGORIES
+
+
+def test_presets_default_fits_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ptesim presets` is one line per preset, name and description, within 80 columns."""
+    code, out, _ = run(capsys, "presets")
+    assert code == 0
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[0].startswith("v6.8 ")
+    code, out, _ = run(capsys, "presets", "--wide")
+    assert code == 0 and "fork_batch" in out
+
+
+def test_profiles_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ptesim profiles` lists the shipped profiles; NAME shows each value with its provenance."""
+    code, out, _ = run(capsys, "profiles", "--json")
+    assert code == 0
+    names = {r["name"]: r for r in json.loads(out)["rows"]}
+    assert names["altra"]["arch"] == "arm64" and names["altra"]["calibrated"] >= 1
+    code, out, _ = run(capsys, "profiles", "altra", "--json")
+    doc = json.loads(out)
+    pte = next(r for r in doc["parameters"] if r["parameter"] == "local_ns.pte_read")
+    assert pte["value"] > 0 and pte["provenance"].split(":")[0] in ("calibrated", "assumed")

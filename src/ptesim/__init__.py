@@ -6,3 +6,18 @@ the model's primitives execute it; a separate cost model turns those counts into
 """
 
 __version__ = "0.1.0"
+
+from ptesim.api import Counts, Price, TraceRecord, count, machine, price, sweep, to_bytes, trace
+
+__all__ = [
+    "Counts",
+    "Price",
+    "TraceRecord",
+    "__version__",
+    "count",
+    "machine",
+    "price",
+    "sweep",
+    "to_bytes",
+    "trace",
+]

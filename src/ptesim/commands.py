@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
+from ptesim.api import Counts, count
 from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
-from ptesim.events import SCHEMA_KEYS, with_aggregates
+from ptesim.events import SCHEMA_KEYS
 from ptesim.fast.memo import ENGINES
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
-from ptesim.options import add_options, single
-from ptesim.units import format_size
+from ptesim.options import add_options, combinations, single, varying
+from ptesim.progress import progress
+from ptesim.report.tidy import KEY_COLUMNS, Column, Tidy, add_output_options, emit, record
 from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, folio_label, run_scenario
 
 #: The shared options of the commands that build a model machine (see :mod:`ptesim.options`).
@@ -116,18 +117,39 @@ def cmd_presets(a: argparse.Namespace) -> int:
             t.add_row(f.name, f.metadata["doc"], f.metadata["cite"])
         console.print(t)
         return 0
-    names = list(PRESETS)
-    t = Table(title="kernel presets")
-    t.add_column("flag")
-    for n in names:
-        t.add_column(n, overflow="fold")
-    for f in FLAG_FIELDS:
-        vals = [str(getattr(PRESETS[n], f.name)) for n in names]
-        t.add_row(f.name, *vals)
-    console.print(t)
-    for n in names:
-        console.print(f"[bold]{n}[/bold]: {PRESETS[n].description}")
+    if a.wide:
+        from ptesim.report.tables import markdown_table
+
+        names = list(PRESETS)
+        print(
+            markdown_table(
+                ["flag", *names],
+                [[f.name, *[str(getattr(PRESETS[n], f.name)) for n in names]] for f in FLAG_FIELDS],
+            )
+        )
+        return 0
+    rows = [
+        {"preset": name, "description": _first_sentence(cfg.description)} for name, cfg in PRESETS.items()
+    ]
+    table = Tidy([Column("preset"), Column("description")], rows)
+    table.notes = ["--flags: what each flag means; --wide: every flag of every preset; --json, --csv"]
+    if a.csv:
+        emit(a, table)
+        return 0
+    width = max(len(r["preset"]) for r in rows)
+    for r in rows:
+        print(f"{r['preset']:<{width}}  {_cut(r['description'], 78 - width)}")
+    print()
+    print(table.notes[0])
     return 0
+
+
+def _first_sentence(text: str) -> str:
+    return " ".join(text.split()).split(". ")[0].rstrip(".")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---- explain ------------------------------------------------------------------------------------
@@ -140,62 +162,96 @@ def _stack_str(stack: tuple[str, ...], depth: int = 6) -> str:
 
 
 def explain_json(res: Any) -> dict[str, Any]:
-    spec: ModelSpec = res.spec
-    sink = res.sink
-    totals = with_aggregates(sink.totals())
-    blocks = spec.blocks
-    return {
-        "arch": spec.arch,
-        "preset": spec.preset,
-        "scenario": res.scenario,
-        "folio": format_size(spec.folio),
-        "mapping": spec.mapping,
-        "mem": format_size(spec.mem),
-        "granule": format_size(spec.granule),
-        "cpu_features": sorted(res.kernel.arch.features),
-        "blocks": blocks,
-        "totals": totals,
-        "per_block": {k: v / blocks for k, v in totals.items()},
-        "by_phase": {p: with_aggregates(c) for p, c in sorted(sink.by_phase().items())},
-        "by_site": {s: dict(c) for s, c in sorted(sink.by_site().items())},
-        "by_stack": [
-            {"stack": list(stack), "counts": dict(c)}
-            for stack, c in sorted(sink.by_stack().items(), key=lambda kv: -sum(kv[1].values()))
-        ],
-    }
+    """The ``explain --json`` object of a scenario result (see :meth:`ptesim.api.Counts.to_json`)."""
+    return Counts.of(res).to_json()
+
+
+def explain_counts(a: argparse.Namespace) -> tuple[list[str], list[Counts]]:
+    """Parse -> compute: every combination of the options, counted; and the options that vary."""
+    if a.scenario not in SCENARIOS:
+        raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
+    combos = combinations(a, grow_mem=True)
+    out = []
+    for c in progress(combos, "explain", quiet=a.quiet or len(combos) < 2):
+        spec = c.model_spec(placement=a.placement, checks=a.check, engine=a.engine)
+        spec.config()
+        out.append(count(a.scenario, spec=spec))
+    return varying(combos), out
+
+
+def sweep_table(counts: list[Counts], keys: list[str]) -> Tidy:
+    """One row per combination: its options, then the total of every primitive that occurred."""
+    prims = [k for k in SCHEMA_KEYS if any(c.totals.get(k) for c in counts)]
+    prims += sorted({k for c in counts for k, v in c.totals.items() if v and k not in SCHEMA_KEYS})
+    cols = [KEY_COLUMNS[k] for k in keys] + [Column(p) for p in prims]
+    rows = []
+    for c in counts:
+        s = c.spec
+        row: dict[str, Any] = {
+            "arch": s.arch,
+            "preset": s.preset,
+            "granule_bytes": s.granule,
+            "folio_bytes": s.folio,
+            "mem_bytes": s.mem,
+            "cpus": s.ncpus,
+            "scenario": c.scenario,
+        }
+        row.update({p: c.totals.get(p, 0) for p in prims})
+        rows.append(row)
+    title = f"{counts[0].scenario}: total of each primitive, one row per combination"
+    return Tidy(cols, rows, title=title, meta={"scenario": counts[0].scenario, "sweep": keys})
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    spec = spec_from_args(a, "explain")
-    if a.scenario not in SCENARIOS:
-        raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
-    t0 = time.perf_counter()
-    res = run_scenario(spec, a.scenario)
-    elapsed = time.perf_counter() - t0
-    data = explain_json(res)
-    data["engine"] = "fast" if res.kernel.fast is not None else "reference"
-    data["elapsed_s"] = round(elapsed, 6)
+    keys, counts = explain_counts(a)
+    if len(counts) > 1:
+        table = sweep_table(counts, keys)
+        emit(a, table)
+        if a.plot:
+            from ptesim.report.plots import sweep_plot
+
+            sweep_plot(table, a.plot)
+        return 0
+    res = counts[0]
+    data = res.to_json()
+    record(a, data)
     if a.json:
         json.dump(data, sys.stdout, indent=2)
         print()
         return 0
+    phases = sorted(data["by_phase"])
+    keys = list(SCHEMA_KEYS) + sorted(k for k in data["totals"] if k not in SCHEMA_KEYS and data["totals"][k])
+    if a.csv:
+        table = Tidy(
+            [Column("primitive"), Column("total"), Column("per_block"), *[Column(p) for p in phases]],
+            [
+                {
+                    "primitive": key,
+                    "total": data["totals"].get(key, 0),
+                    "per_block": data["per_block"].get(key, 0),
+                    **{p: data["by_phase"][p].get(key, 0) for p in phases},
+                }
+                for key in keys
+            ],
+        )
+        emit(a, table)
+        return 0
     from rich.console import Console
     from rich.table import Table
 
+    spec = res.spec
     console = Console()
     title = (
         f"{spec.arch} {spec.preset}, {a.scenario}: {data['mem']} of "
-        f"{folio_label(spec.folio, spec.mapping, res.kernel.arch.geometry.pmd_size)}"
+        f"{folio_label(spec.folio, spec.mapping, res.pmd_size)}"
         f" ({data['granule']} pages, {data['blocks']:g} × 64K blocks)"
     )
-    phases = sorted(data["by_phase"])
     t = Table(title=title)
     t.add_column("primitive")
     t.add_column("total", justify="right")
     t.add_column("per 64K block", justify="right")
     for p in phases:
         t.add_column(p, justify="right")
-    keys = list(SCHEMA_KEYS) + sorted(k for k in data["totals"] if k not in SCHEMA_KEYS and data["totals"][k])
     for key in keys:
         total = data["totals"].get(key, 0)
         if not total and key not in SCHEMA_KEYS:
@@ -211,8 +267,8 @@ def cmd_explain(a: argparse.Namespace) -> int:
     s.add_column("call chain")
     s.add_column("primitives")
     for row in data["by_stack"][: a.top]:
-        counts = ", ".join(f"{k} {v:,}" for k, v in sorted(row["counts"].items()))
-        s.add_row(_stack_str(tuple(row["stack"]), a.depth), counts)
+        counts_text = ", ".join(f"{k} {v:,}" for k, v in sorted(row["counts"].items()))
+        s.add_row(_stack_str(tuple(row["stack"]), a.depth), counts_text)
     console.print(s)
     return 0
 
@@ -247,14 +303,17 @@ def cmd_trace(a: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("presets", help="list kernel presets and their flags")
     p.add_argument("--flags", action="store_true", help="describe every flag and the patch behind it")
+    p.add_argument("--wide", action="store_true", help="every preset's value of every flag (a wide table)")
     p.add_argument("--markdown", action="store_true", help="print docs/presets.md")
-    p.add_argument("--json", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print every preset, its flags and CPU features")
+    g.add_argument("--csv", action="store_true", help="print name and description as CSV")
     p.set_defaults(handler=cmd_presets)
 
     p = sub.add_parser("explain", help="count every primitive of a scenario, by phase and call chain")
     add_model_options(p)
     p.add_argument("--scenario", default="fork-first", help=f"one of {', '.join(SCENARIOS)}")
-    p.add_argument("--json", action="store_true", help="print the documented JSON object")
+    add_output_options(p, plot=True, json_help="print the documented JSON object (docs/schema.md)")
     p.add_argument("--top", type=int_arg(0, 100_000), default=25, help="call chains to show (default 25)")
     p.add_argument("--depth", type=int_arg(1, 1000), default=6, help="frames per call chain (default 6)")
     p.set_defaults(handler=cmd_explain)

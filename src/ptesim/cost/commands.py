@@ -23,6 +23,7 @@ from ptesim.options import (
     single,
 )
 from ptesim.report.tables import markdown_table
+from ptesim.report.tidy import Column, Tidy, add_output_options, emit
 from ptesim.units import format_size, parse_cpu_list, parse_size
 
 if TYPE_CHECKING:  # the cost model imports numpy and scipy: only the commands that price load it
@@ -908,6 +909,70 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- profiles ----------------------------------------------------------------------------------------
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    """The first sentence of ``text``, cut to ``width`` characters."""
+    first = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= width else first[: width - 1] + "…"
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from ptesim.cost.profile import shipped_profiles
+
+    if args.name is None:
+        rows = []
+        for name in shipped_profiles():
+            prof = _profile(name)
+            params = prof.parameters()
+            cal = sum(1 for k in params if prof.is_calibrated(k))
+            rows.append(
+                {
+                    "name": prof.name,
+                    "arch": prof.arch,
+                    "preset": prof.preset,
+                    "calibrated": cal,
+                    "assumed": len(params) - cal,
+                    "description": _one_line(prof.description),
+                }
+            )
+        cols = [Column(k) for k in ("name", "arch", "preset", "calibrated", "assumed", "description")]
+        emit(args, Tidy(cols, rows, title="cost profiles ('ptesim profiles NAME' shows one)"))
+        return 0
+    prof = _profile(args.name)
+    ranges: Any = getattr(prof, "ranges", None) or {}
+    rows = []
+    for key, value in prof.parameters().items():
+        row: dict[str, Any] = {"parameter": key, "value": value}
+        if ranges:
+            rng = ranges.get(key)
+            row["low"], row["high"] = (rng[0], rng[1]) if rng else (None, None)
+        row["provenance"] = prof.provenance.get(key, "")
+        rows.append(row)
+    cols = [Column("parameter"), Column("value")]
+    if ranges:
+        cols += [Column("low"), Column("high")]
+    cols.append(Column("provenance"))
+    title = f"{prof.name} ({prof.arch}, preset {prof.preset or '-'}): {_one_line(prof.description, 200)}"
+    if prof.cpu_features:
+        title += f"\nCPU features: {', '.join(sorted(prof.cpu_features))}"
+    emit(
+        args,
+        Tidy(cols, rows, title=title),
+        json_doc={
+            "name": prof.name,
+            "arch": prof.arch,
+            "preset": prof.preset,
+            "description": prof.description,
+            "cpu_features": sorted(prof.cpu_features),
+            "source": prof.source,
+            "parameters": rows,
+        },
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     def add(name: str, **kw: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, **kw)
@@ -988,6 +1053,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_validate)
+
+    p = add("profiles", help="list the cost profiles, or show one: values, ranges and provenance")
+    p.add_argument("name", nargs="?", help="a profile name or TOML file to show in full")
+    add_output_options(p)
+    p.set_defaults(handler=_profiles)
 
     p = add("whatif", help="which architectures benefit from batching PTEs (fork, munmap, mprotect, mremap)")
     p.add_argument(

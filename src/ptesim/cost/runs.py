@@ -21,7 +21,7 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from ptesim.errors import UsageError
@@ -269,15 +269,18 @@ def prefetch(specs: Sequence[RunSpec], jobs: int | None = None) -> None:
     todo = sorted((s for s in dict.fromkeys(specs) if s not in _CACHE), key=lambda s: -s.weight)
     if not todo:
         return
+    from ptesim.progress import progress
+
     n = min(jobs if jobs is not None else jobs_default(), len(todo))
     if n <= 1:
-        for s in todo:
+        for s in progress(todo, "model runs"):
             _CACHE[s] = execute(s)
             _store(s, _CACHE[s])
         return
     with ProcessPoolExecutor(max_workers=n) as pool:
-        futures = [(s, pool.submit(execute, s)) for s in todo]
-        for s, fut in futures:
+        futures = {pool.submit(execute, s): s for s in todo}
+        for fut in progress(as_completed(futures), "model runs", total=len(futures)):
+            s = futures[fut]
             _CACHE[s] = fut.result()
             _store(s, _CACHE[s])
 

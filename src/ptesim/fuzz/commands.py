@@ -51,7 +51,7 @@ def _print_violation(res: FuzzResult) -> None:
     print(f"VIOLATION {v.check}: {v.detail}")
     print(f"minimal program ({len(v.program.steps)} steps):")
     print(v.program.text())
-    print("\nreplay with 'ptesim fuzz --replay FILE' (FILE from --save), or in Python:\n")
+    print("\nreplay with 'ptesim fuzz --replay FILE' (FILE from --save-program), or in Python:\n")
     print(v.program.python())
 
 
@@ -70,8 +70,8 @@ def cmd_fuzz(a: argparse.Namespace) -> int:
         if a.mutant is not None:
             raise UsageError("--diff and --mutant contradict: a differential run compares two clean kernels")
     res = fuzz(target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
-    if a.save and res.violation:
-        Path(a.save).write_text(res.violation.program.dumps() + "\n")
+    if a.save_program and res.violation:
+        Path(a.save_program).write_text(res.violation.program.dumps() + "\n")
     if a.json:
         out = {
             "target": target.label(),
@@ -229,7 +229,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--diff", default=None, metavar="PRESET", help="run PRESET in lockstep and compare")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing program unshrunk")
-    p.add_argument("--save", metavar="FILE", help="write the minimal failing program (JSON) to FILE")
+    p.add_argument("--save-program", metavar="FILE", help="write the minimal failing program (JSON) to FILE")
     p.add_argument("--replay", metavar="FILE", help="replay a saved program instead of fuzzing")
     p.add_argument("--json", action="store_true", help='print {"examples", "violations": [...]}')
     p.set_defaults(handler=cmd_fuzz)

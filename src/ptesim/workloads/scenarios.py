@@ -18,7 +18,7 @@ from ptesim.fast.memo import ENGINES, FastEngine, engine_applies, memoised_table
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
 from ptesim.kernel.mm import Vma
-from ptesim.units import MODEL_MEM_MAX, format_size
+from ptesim.units import MODEL_MEM_MAX, format_size, parse_size
 
 BLOCK = 64 * 1024  # the normalisation unit of the reference tables: one 64K block
 
@@ -46,6 +46,13 @@ class ModelSpec:
     engine: str = "fast"
 
     def __post_init__(self) -> None:
+        # sizes may be given as the kernel's sysfs spells them ("64K") as well as in bytes
+        for name in ("folio", "mem", "granule"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, parse_size(value, what=name))
+        if self.cpu_features is not None and not isinstance(self.cpu_features, frozenset):
+            object.__setattr__(self, "cpu_features", frozenset(self.cpu_features))
         if not 0 < self.mem <= MODEL_MEM_MAX:
             raise UsageError(
                 f"bad --mem {format_size(self.mem)}: the model maps at most {format_size(MODEL_MEM_MAX)}"

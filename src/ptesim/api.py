@@ -1,0 +1,308 @@
+"""The Python front door: count a scenario, trace it, price counts, sweep, as the CLI does.
+
+Every function takes the same keyword arguments as the command line's shared options
+(:mod:`ptesim.options`), with sizes as ``"64K"`` or as byte counts, and validates them the same way
+(a bad value raises :class:`ptesim.errors.UsageError` naming it).  The CLI calls these functions;
+``docs/api.md`` has examples that run as doctests.
+
+>>> import ptesim
+>>> c = ptesim.count(arch="x86", preset="v6.9", folio="64K", mem="1M", scenario="fork-first")
+>>> c.totals["folio_ref"]
+16
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ptesim.errors import UsageError
+from ptesim.options import DEFAULT_ARCH, DEFAULT_PRESET, GRANULES, Combination, check_combination
+from ptesim.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from ptesim.cost.profile import Profile
+    from ptesim.workloads.scenarios import ModelSpec, ScenarioResult
+
+__all__ = ["Counts", "Price", "TraceRecord", "count", "machine", "price", "sweep", "to_bytes", "trace"]
+
+Size = int | str
+
+
+def to_bytes(value: Size, what: str = "size") -> int:
+    """A size given as ``"64K"``/``"2M"`` or as a byte count, in bytes.
+
+    >>> to_bytes("64K"), to_bytes(4096)
+    (65536, 4096)
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"bad {what} {value!r}: expected a size such as '64K' or a byte count")
+    if isinstance(value, int):
+        if value <= 0:
+            raise UsageError(f"bad {what} {value}: must be positive")
+        return value
+    if isinstance(value, str):
+        return parse_size(value, what=what)
+    raise UsageError(f"bad {what} {value!r}: expected a size such as '64K' or a byte count")
+
+
+def _granule(value: Size) -> int:
+    n = to_bytes(value, "granule")
+    if n not in GRANULES.values():
+        raise UsageError(f"bad granule {value!r}: one of {', '.join(GRANULES)}")
+    return n
+
+
+def machine(
+    *,
+    arch: str = DEFAULT_ARCH,
+    preset: str = DEFAULT_PRESET,
+    folio: Size = "64K",
+    mem: Size = "1M",
+    granule: Size = "4K",
+    cpu_features: Iterable[str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    cpus: int = 4,
+    mapping: str = "pmd",
+    placement: str = "aligned",
+    checks: bool = False,
+    trace_limit: int = 0,
+    engine: str = "fast",
+) -> ModelSpec:
+    """The :class:`~ptesim.workloads.scenarios.ModelSpec` of these options, checked as the CLI checks.
+
+    >>> machine(arch="arm64", folio="2M", mem="4M").folio
+    2097152
+    """
+    from ptesim.kernel.config import PRESETS
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    combo = Combination(
+        arch=arch,
+        preset=preset,
+        granule=_granule(granule),
+        folio=to_bytes(folio, "folio"),
+        mem=to_bytes(mem, "mem"),
+        cpus=int(cpus),
+        cpu_features=None if cpu_features is None else tuple(cpu_features),
+        overrides=tuple(f"{k}={v}" for k, v in (overrides or {}).items()),
+        mapping=mapping,
+    )
+    from ptesim.arch import ARCHES
+
+    if arch not in ARCHES:
+        raise UsageError(f"unknown arch {arch!r}; known: {', '.join(ARCHES)}")
+    check_combination(combo)
+    return combo.model_spec(placement=placement, checks=checks, trace_limit=trace_limit, engine=engine)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The counted primitives of one scenario's own operation (what ``ptesim explain`` prints)."""
+
+    spec: ModelSpec
+    scenario: str
+    cpu_features: tuple[str, ...]
+    #: every primitive with the coarse aggregates (``pte_rmw``, ``tlbi_page`` ...) added
+    totals: dict[str, int]
+    by_phase: dict[str, dict[str, int]]
+    by_site: dict[str, dict[str, int]]
+    by_stack: list[tuple[tuple[str, ...], dict[str, int]]]
+    #: ``fast`` or ``reference``: the engine that ran (counts are the same with either)
+    engine: str = "reference"
+    #: wall seconds of the model run (machine, setup and scenario)
+    elapsed_s: float = 0.0
+    #: bytes one PMD maps on this machine
+    pmd_size: int = 2 << 20
+
+    @property
+    def blocks(self) -> float:
+        """The mapping in 64K blocks, the unit of the reference tables."""
+        return self.spec.blocks
+
+    @property
+    def per_block(self) -> dict[str, float]:
+        return {k: v / self.blocks for k, v in self.totals.items()}
+
+    @property
+    def primitives(self) -> dict[str, int]:
+        """The fine primitives only (no aggregates): what a profile prices."""
+        from ptesim.events import PRIMITIVES
+
+        return {k: v for k, v in self.totals.items() if k in PRIMITIVES}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``ptesim explain --json`` object (docs/schema.md)."""
+        s = self.spec
+        return {
+            "arch": s.arch,
+            "preset": s.preset,
+            "scenario": self.scenario,
+            "folio": format_size(s.folio),
+            "mapping": s.mapping,
+            "mem": format_size(s.mem),
+            "granule": format_size(s.granule),
+            "folio_bytes": s.folio,
+            "mem_bytes": s.mem,
+            "granule_bytes": s.granule,
+            "cpus": s.ncpus,
+            "cpu_features": list(self.cpu_features),
+            "blocks": self.blocks,
+            "totals": dict(self.totals),
+            "per_block": self.per_block,
+            "by_phase": {p: dict(c) for p, c in self.by_phase.items()},
+            "by_site": {k: dict(c) for k, c in self.by_site.items()},
+            "by_stack": [{"stack": list(st), "counts": dict(c)} for st, c in self.by_stack],
+            "engine": self.engine,
+            "elapsed_s": round(self.elapsed_s, 6),
+        }
+
+    @classmethod
+    def of(cls, res: ScenarioResult, elapsed_s: float = 0.0) -> Counts:
+        from ptesim.events import with_aggregates
+
+        sink = res.sink
+        return cls(
+            spec=res.spec,
+            scenario=res.scenario,
+            cpu_features=tuple(sorted(res.kernel.arch.features)),
+            totals={k: int(v) for k, v in with_aggregates(sink.totals()).items()},
+            by_phase={
+                p: {k: int(v) for k, v in with_aggregates(c).items()}
+                for p, c in sorted(sink.by_phase().items())
+            },
+            by_site={k: dict(c) for k, c in sorted(sink.by_site().items())},
+            by_stack=[
+                (tuple(st), dict(c))
+                for st, c in sorted(sink.by_stack().items(), key=lambda kv: -sum(kv[1].values()))
+            ],
+            engine="fast" if res.kernel.fast is not None else "reference",
+            elapsed_s=elapsed_s,
+            pmd_size=res.kernel.arch.geometry.pmd_size,
+        )
+
+
+def count(scenario: str = "fork-first", spec: ModelSpec | None = None, **options: Any) -> Counts:
+    """Run ``scenario`` on the model machine of ``options`` (see :func:`machine`) and count it.
+
+    >>> c = count(arch="arm64", preset="v6.9", folio="64K", mem="64K", scenario="fork-first")
+    >>> c.totals["tlbi_page"] >= 0 and c.blocks == 1
+    True
+    """
+    import time
+
+    from ptesim.workloads.scenarios import run_scenario
+
+    spec = spec if spec is not None else machine(**options)
+    t0 = time.perf_counter()
+    res = run_scenario(spec, scenario)
+    return Counts.of(res, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """One counted primitive, in execution order, with the kernel call chain (outermost first)."""
+
+    seq: int
+    prim: str
+    phase: str
+    stack: tuple[str, ...]
+
+
+def trace(scenario: str = "fork-first", *, limit: int = 200_000, **options: Any) -> list[TraceRecord]:
+    """The ordered primitives of the scenario's own operation (``ptesim trace``).
+
+    >>> recs = trace(arch="x86", preset="v6.8", folio="64K", mem="64K")
+    >>> recs[0].phase in ("fork_parent", "fork_child")
+    True
+    """
+    from ptesim.workloads.scenarios import run_scenario
+
+    res = run_scenario(machine(trace_limit=limit, **options), scenario)
+    recs = res.sink.trace
+    total = sum(res.sink.totals().values())
+    shown = recs[-total:] if total and total <= len(recs) else recs
+    return [TraceRecord(r.seq, r.prim, r.phase, tuple(r.stack)) for r in shown]
+
+
+@dataclass(frozen=True)
+class Price:
+    """Counts priced by a profile: nanoseconds by category, with ``cpus`` identical workers busy."""
+
+    profile: str
+    cpus: int
+    time_ns: float
+    by_category_ns: dict[str, float]
+
+
+def price(counts: Counts | Mapping[str, float], profile: str | Profile | None = None, cpus: int = 1) -> Price:
+    """Price counted primitives with a cost profile (default: the arch's, e.g. ``altra`` for arm64).
+
+    Process-level fork/exit costs are left out: this is the cost of the counted operation alone.
+
+    >>> p = price(count(arch="arm64", mem="64K"), "altra")
+    >>> p.time_ns > 0 and p.profile == "altra"
+    True
+    """
+    from ptesim.cost.model import Work, iteration_time
+    from ptesim.cost.profile import load_profile
+    from ptesim.options import DEFAULT_PROFILES
+
+    if isinstance(counts, Counts):
+        prims: Mapping[str, float] = counts.primitives
+        arch = counts.spec.arch
+    else:
+        prims, arch = counts, None
+    if profile is None:
+        profile = DEFAULT_PROFILES[arch or DEFAULT_ARCH]
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    if arch is not None and prof.arch != arch:
+        raise UsageError(f"profile {prof.name} is for {prof.arch}, not {arch}")
+    t = iteration_time(Work(Counter(prims), forks=0.0, exits=0.0), prof, cpus)
+    return Price(prof.name, cpus, t.cycle_ns, dict(t.by_category))
+
+
+def _as_list(v: Any) -> list[Any]:
+    if isinstance(v, list | tuple):
+        return list(v)
+    return [v]
+
+
+def sweep(
+    scenario: str = "fork-first",
+    *,
+    primitives: Sequence[str] | None = None,
+    **options: Any,
+) -> Any:
+    """Count ``scenario`` over the cartesian product of every option given as a list.
+
+    Returns one row per combination (the options, then the total of each primitive): a pandas
+    DataFrame when pandas is installed, else a list of dicts.  ``primitives`` picks the count
+    columns (default: every primitive that occurred).
+
+    >>> rows = sweep(arch="x86", preset=["v6.8", "v6.9"], folio="64K", mem="1M", primitives=["pte_write"])
+    >>> list(rows["preset"]) if hasattr(rows, "columns") else [r["preset"] for r in rows]
+    ['v6.8', 'v6.9']
+    """
+    keys = list(options)
+    rows: list[dict[str, Any]] = []
+    for values in itertools.product(*(_as_list(options[k]) for k in keys)):
+        opts = dict(zip(keys, values, strict=True))
+        c = count(scenario, **opts)
+        row: dict[str, Any] = {}
+        for k, v in opts.items():
+            row[k] = to_bytes(v, k) if k in ("folio", "mem", "granule") else v
+        if primitives is None:
+            row.update({k: v for k, v in c.totals.items() if v})
+        else:
+            row.update({k: c.totals.get(k, 0) for k in primitives})
+        rows.append(row)
+    try:
+        import pandas as pd
+    except ImportError:
+        return rows
+    return pd.DataFrame(rows).fillna(0)

@@ -1,0 +1,54 @@
+"""A progress bar on stderr for work that may take more than a couple of seconds.
+
+Shown only when stderr is a terminal and the command was not given ``-q``; otherwise the items pass
+through untouched, so that scripts, pipes and tests see nothing.  rich is imported only when a bar
+is drawn.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sized
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Set from the command line's ``-q`` (UI state only; nothing the model computes depends on it).
+_QUIET = False
+
+
+def configure(*, quiet: bool) -> None:
+    """Turn bars off for the rest of this process (``-q``)."""
+    global _QUIET
+    _QUIET = quiet
+
+
+def enabled(quiet: bool = False) -> bool:
+    """Whether a bar would be drawn: not ``-q``, and stderr is a terminal."""
+    return not (quiet or _QUIET) and sys.stderr.isatty()
+
+
+def progress(
+    items: Iterable[T], description: str, *, quiet: bool = False, total: int | None = None
+) -> Iterator[T]:
+    """Yield ``items``, advancing a bar labelled ``description`` on stderr after each."""
+    if not enabled(quiet):
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
