@@ -64,7 +64,7 @@ def test_matrix_multi_table(arch: str, preset: str, scenario: str) -> None:
     assert isinstance(eng, FastEngine)
 
 
-@pytest.mark.parametrize("scenario", ["fork-first", "fork-steady", "exit-child"])
+@pytest.mark.parametrize("scenario", ["fork-first", "fork-steady", "exit-child", "munmap", "dontneed"])
 @pytest.mark.parametrize("arch", ARCHES)
 def test_tables_are_replayed(arch: str, scenario: str) -> None:
     """Nine tables populated by faults (MAP_POPULATE, empty TLBs): the later tables are replayed."""

@@ -48,6 +48,8 @@ _PLAIN = (int, bool, str, float, type(None))
 _FOLIO_IDENTITY = ("pfn", "data")
 #: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps).
 _GATHER_APART = ("mm", "pages", "slots", "delayed_rmap")
+#: Gather fields that hold addresses (the range to flush).
+_GATHER_RANGE = ("start", "end")
 
 
 def _freeze(v: Any) -> Any:
@@ -250,8 +252,31 @@ class FastEngine:
             sum(len(c.tlb) for c in k.hw.cpus),
         )
 
-    def _gather_key(self, tlb: MmuGather) -> Key:
-        return tuple((n, _freeze(v)) for n, v in sorted(vars(tlb).items()) if n not in _GATHER_APART)
+    def _gather_key(self, tlb: MmuGather, base: int) -> Key:
+        """The gather's fields.  Outside a full-mm gather the flush range [start, end) is taken
+        relative to the table: a bound below the table is -1 and one above it ``span + 1`` (the
+        zap only widens the range by addresses inside the table, so only the side matters)."""
+        out = []
+        for n, v in sorted(vars(tlb).items()):
+            if n in _GATHER_APART:
+                continue
+            if n in _GATHER_RANGE and not tlb.fullmm:
+                v = min(max(v - base, -1), self._span + 1)
+            out.append((n, _freeze(v)))
+        return tuple(out)
+
+    def _gather_after(self, tlb: MmuGather, before: dict[str, Any], base: int) -> Key:
+        """The fields a zap left: range bounds it moved relative to the table, others as values."""
+        out = []
+        for n, v in sorted(vars(tlb).items()):
+            if n in _GATHER_APART:
+                continue
+            if n in _GATHER_RANGE and not tlb.fullmm:
+                if v != before[n]:
+                    out.append((n, ("rel", v - base)))
+                continue
+            out.append((n, ("val", _freeze(v))))
+        return tuple(out)
 
     # ---- the two memoised functions ------------------------------------------------------------
     def run(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -519,7 +544,7 @@ class FastEngine:
         mm = vma.mm
         base = addr & ~(self._span - 1)
         tab = mm.pmd_entry(addr)
-        if not isinstance(tab, PteTable) or not tlb.fullmm or vma.file is not None or tlb.delayed_rmap:
+        if not isinstance(tab, PteTable) or vma.file is not None or tlb.delayed_rmap:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         sink = self.kernel.sink
@@ -535,7 +560,7 @@ class FastEngine:
             end - base,
             self._vma_key(vma, base),
             self._mm_key(mm),
-            self._gather_key(tlb),
+            self._gather_key(tlb, base),
             rel,
             tuple(self._folio_state(f) for f in folios),
         )
@@ -548,6 +573,7 @@ class FastEngine:
             rss_before = Counter(mm.rss)
             nr_before = mm.nr_ptes
             data_before = [list(f.data) for f in folios]
+            gather_before = dict(vars(tlb))
             queued_before = list(tlb.pages)
             slots_before = tlb.slots
             flushes_before = tlb.flushes
@@ -584,7 +610,7 @@ class FastEngine:
                     ret=ret - base,
                     queued=tuple((index[id(f)], nr) for f, nr in appended),
                     slots=tlb.slots - slots_before,
-                    gather_after=self._gather_key(tlb),
+                    gather_after=self._gather_after(tlb, gather_before, base),
                 )
             self.templates[key] = tpl
             return ret
@@ -602,8 +628,11 @@ class FastEngine:
         mm.nr_ptes += tpl.nr_ptes[0]
         tlb.pages.extend((folios[k], nr) for k, nr in tpl.queued)
         tlb.slots += tpl.slots
-        for n, v in tpl.gather_after:
-            _thaw_into(tlb, n, v)
+        for n, (how, v) in tpl.gather_after:
+            if how == "rel":
+                setattr(tlb, n, base + v)
+            else:
+                _thaw_into(tlb, n, v)
         sink.counts.update(tpl.counts)
         return base + tpl.ret
 
