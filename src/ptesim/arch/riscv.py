@@ -268,7 +268,7 @@ class Riscv(ContPteArch):
         if tlb.fullmm or tlb.need_flush_all or tlb.freed_tables:
             self.flush_tlb_mm(tlb.mm)
         else:
-            self.flush_tlb_mm_range(tlb.mm, tlb.start, tlb.end, 1 << tlb.stride_shift)
+            self.flush_tlb_mm_range(tlb.mm, tlb.start, tlb.end, 1 << tlb.tlb_get_unmap_shift())
 
 
 __all__ = ["NAPOT_PTE_NUM", "TLB_FLUSH_ALL_THRESHOLD", "Riscv"]

@@ -115,37 +115,37 @@ class X86(Arch):
             return
         cur = self.hw.current
         if any(c != cur for c in mm.cpumask):
-            self.flush_tlb_multi(mm, start, end, full)
+            self.flush_tlb_multi(mm, start, end, stride_shift, full)
             self.consider_global_asid(mm)
         elif cur in mm.cpumask:
-            self.flush_tlb_func(
-                mm, full, start >> self.page_shift, self._npages(start, end, full), self._twin()
-            )
+            self.flush_tlb_func(mm, full, self._vpns(start, end, stride_shift, full), self._twin())
 
     def _twin(self) -> int:
         return 2 if "pti" in self.features else 1
 
-    def _npages(self, start: int, end: int, full: bool) -> int:
-        return 0 if full else (end - start) >> self.page_shift
+    def _vpns(self, start: int, end: int, stride_shift: int, full: bool) -> list[int]:
+        """The pages flush_tlb_func invalidates one by one: every ``1 << stride_shift`` bytes."""
+        return [] if full else [a >> self.page_shift for a in range(start, end, 1 << stride_shift)]
 
     def _broadcast_tlb_flush(self) -> bool:
         """CONFIG_BROADCAST_TLB_FLUSH and X86_FEATURE_INVLPGB."""
         return "invlpgb" in self.features and bool(getattr(self.cfg, "broadcast_tlb_flush", False))
 
     @kfunc
-    def flush_tlb_multi(self, mm: MmStruct, start: int, end: int, full: bool) -> None:
+    def flush_tlb_multi(self, mm: MmStruct, start: int, end: int, stride_shift: int, full: bool) -> None:
         """native_flush_tlb_multi: the local CPU (if it runs the mm) flushes itself, every other CPU
         in mm_cpumask gets an IPI and flushes in flush_tlb_func."""
         cur = self.hw.current
-        vpn, npages = start >> self.page_shift, self._npages(start, end, full)
+        vpns = self._vpns(start, end, stride_shift, full)
         if cur in mm.cpumask:
-            self.flush_tlb_func(mm, full, vpn, npages, self._twin())
+            self.flush_tlb_func(mm, full, vpns, self._twin())
         for c in sorted(c for c in mm.cpumask if c != cur):
             self.hw.ipi(c, mm=mm)
             if full:
                 self.hw.remote_flush(c, "asid", mm.asid)
             else:
-                self.hw.remote_flush(c, "range", mm.asid, vpn, npages)
+                for vpn in vpns:
+                    self.hw.remote_flush(c, "page", mm.asid, vpn)
             mm.asid_transition.discard(c)  # the IPI's flush_tlb_func moves it to the global ASID
         mm.asid_transition.discard(cur)
 
@@ -183,28 +183,29 @@ class X86(Arch):
                 npages = (nr << stride_shift) >> self.page_shift
                 self.hw.invlpgb(mm.asid, vpn=addr >> self.page_shift, npages=npages, mm=mm, count=twin)
                 addr += nr << stride_shift
-        self.finish_asid_transition(mm, start, end)
+        self.finish_asid_transition(mm, start, end, stride_shift)
         self.hw.barrier("tlbsync", mm=mm)
 
     @kfunc
-    def finish_asid_transition(self, mm: MmStruct, start: int, end: int) -> None:
+    def finish_asid_transition(self, mm: MmStruct, start: int, end: int, stride_shift: int) -> None:
         """If a CPU running the mm has not switched to the global ASID yet, flush_tlb_multi (whose
         IPIs make the stragglers switch); once none is left the transition is over."""
         if not mm.asid_transition:
             return
         if any(c in mm.asid_transition for c in self.mm_active_cpus(mm)):
-            self.flush_tlb_multi(mm, start, end, end == TLB_FLUSH_ALL)
+            self.flush_tlb_multi(mm, start, end, stride_shift, end == TLB_FLUSH_ALL)
         else:
             mm.asid_transition.clear()
 
     @kfunc
-    def flush_tlb_func(self, mm: MmStruct, full: bool, vpn: int, npages: int, twin: int) -> None:
-        """flush_tlb_func on the initiating CPU: INVLPG per page, or a CR3 reload / INVPCID."""
+    def flush_tlb_func(self, mm: MmStruct, full: bool, vpns: list[int], twin: int) -> None:
+        """flush_tlb_func on the initiating CPU: one INVLPG per stride (flush_tlb_one_user every
+        ``1 << stride_shift`` bytes), or a CR3 reload / INVPCID."""
         if full:
             self.hw.tlbi("asid", broadcast=False, asid=mm.asid, mm=mm, count=twin)
         else:
-            for i in range(npages):
-                self.hw.tlbi("page", broadcast=False, asid=mm.asid, vpn=vpn + i, mm=mm, count=twin)
+            for vpn in vpns:
+                self.hw.tlbi("page", broadcast=False, asid=mm.asid, vpn=vpn, mm=mm, count=twin)
 
     @kfunc
     def flush_tlb_mm(self, mm: MmStruct) -> None:
@@ -220,8 +221,10 @@ class X86(Arch):
 
     @kfunc
     def tlb_flush(self, tlb: MmuGather) -> None:
-        """arch/x86/include/asm/tlb.h: a full-mm gather flushes everything."""
+        """arch/x86/include/asm/tlb.h: the stride is tlb_get_unmap_shift(); a full-mm gather
+        flushes everything."""
+        stride_shift = tlb.tlb_get_unmap_shift()
         if tlb.fullmm or tlb.need_flush_all:
-            self.flush_tlb_mm_range(tlb.mm, 0, TLB_FLUSH_ALL, self.page_shift, tlb.freed_tables)
+            self.flush_tlb_mm_range(tlb.mm, 0, TLB_FLUSH_ALL, stride_shift, tlb.freed_tables)
         else:
-            self.flush_tlb_mm_range(tlb.mm, tlb.start, tlb.end, tlb.stride_shift, tlb.freed_tables)
+            self.flush_tlb_mm_range(tlb.mm, tlb.start, tlb.end, stride_shift, tlb.freed_tables)

@@ -27,6 +27,10 @@ from ptesim.kernel.mm import (
 from ptesim.kernel.mmu_gather import (
     MmuGather,
     __tlb_remove_folio_pages,
+    pmd_free_tlb,
+    pte_free_tlb,
+    pud_free_tlb,
+    tlb_delay_rmap,
     tlb_end_vma,
     tlb_flush_mmu,
     tlb_flush_mmu_tlbonly,
@@ -480,8 +484,11 @@ def unmap_page_range(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
 @memoised_table_op("zap")
 @kfunc
 def zap_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> int:
-    """Clear the PTEs of [addr, end) within one PMD; returns where it stopped (a full gather
-    batch forces a flush and a restart, as in the kernel)."""
+    """Clear the PTEs of [addr, end) within one PMD; returns where it stopped.
+
+    mm/memory.c (v6.9): ``force_flush`` (a dirty shared folio whose rmap removal was delayed, or a
+    full gather batch) flushes the TLB and the delayed rmaps before the PTL is dropped, then frees
+    the gathered pages; only ``force_break`` (a full batch) stops the walk early."""
     mm = vma.mm
     kernel = mm.kernel
     arch, cfg = kernel.arch, kernel.cfg
@@ -494,8 +501,9 @@ def zap_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> int:
         ptent = arch.ptep_get(pte)
         if not arch.pte_none(ptent):
             max_nr = (end - addr) >> arch.page_shift
-            nr, force_flush = zap_present_ptes(tlb, vma, pte, ptent, max_nr, addr, rss, cfg.zap_batch)
-            if force_flush:
+            nr, flush, force_break = zap_present_ptes(tlb, vma, pte, ptent, max_nr, addr, rss, cfg.zap_batch)
+            force_flush = force_flush or flush
+            if force_break:
                 addr += nr << arch.page_shift
                 break
         pte, addr = pte + nr, addr + (nr << arch.page_shift)
@@ -504,7 +512,7 @@ def zap_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> int:
     add_mm_rss_vec(mm, Counter({k: -v for k, v in rss.items()}))
     if force_flush:
         tlb_flush_mmu_tlbonly(tlb)
-        tlb_flush_rmaps(tlb)
+        tlb_flush_rmaps(tlb, vma)
         tlb_flush_mmu(tlb)
     return addr
 
@@ -512,9 +520,9 @@ def zap_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> int:
 @kfunc
 def zap_present_ptes(
     tlb: MmuGather, vma: Vma, pte: Ptep, ptent: int, max_nr: int, addr: int, rss: Counter[str], batch: bool
-) -> tuple[int, bool]:
+) -> tuple[int, bool, bool]:
     """v6.9: batch the PTEs of one large folio (FPB_IGNORE_DIRTY | FPB_IGNORE_SOFT_DIRTY);
-    <= v6.8 (``batch`` False): one PTE at a time."""
+    <= v6.8 (``batch`` False): one PTE at a time.  Returns (nr, force_flush, force_break)."""
     mm = vma.mm
     kernel = mm.kernel
     arch = kernel.arch
@@ -522,14 +530,14 @@ def zap_present_ptes(
     if hit is None:
         arch.ptep_get_and_clear_full(mm, addr, pte, tlb.fullmm)
         tlb.tlb_remove_tlb_entries(addr, 1)
-        return 1, False
+        return 1, False, False
     folio, page = hit
     if batch and folio.large and max_nr != 1:
         nr, _ = folio_pte_batch(
             arch, kernel.cfg, folio, addr, pte, ptent, max_nr, FPB_IGNORE_DIRTY | FPB_IGNORE_SOFT_DIRTY
         )
-        return nr, zap_present_folio_ptes(tlb, vma, folio, page, pte, ptent, nr, addr, rss)
-    return 1, zap_present_folio_ptes(tlb, vma, folio, page, pte, ptent, 1, addr, rss)
+        return (nr, *zap_present_folio_ptes(tlb, vma, folio, page, pte, ptent, nr, addr, rss))
+    return (1, *zap_present_folio_ptes(tlb, vma, folio, page, pte, ptent, 1, addr, rss))
 
 
 @kfunc
@@ -543,11 +551,17 @@ def zap_present_folio_ptes(
     nr: int,
     addr: int,
     rss: Counter[str],
-) -> bool:
+) -> tuple[bool, bool]:
+    """Clear ``nr`` PTEs of one folio and queue it; returns (force_flush, force_break).
+
+    A dirty PTE of a shared (file/shmem) folio marks the folio dirty and, since tlb_delay_rmap()
+    is true on SMP, keeps its rmap until after the TLB flush and forces that flush at the end of
+    this PTE table: writeback must not see the folio unmapped while a CPU may still write it."""
     mm = vma.mm
     arch = mm.kernel.arch
     delay_rmap = False
     force_flush = False
+    force_break = False
     if not folio.anon:
         if nr == 1:
             ptent = arch.ptep_get_and_clear_full(mm, addr, pte, tlb.fullmm)
@@ -555,6 +569,9 @@ def zap_present_folio_ptes(
             ptent = arch.get_and_clear_full_ptes(mm, addr, pte, nr, tlb.fullmm)
         if arch.pte_dirty(ptent):
             folio_mark_dirty(folio)
+            if tlb_delay_rmap(tlb):
+                delay_rmap = True
+                force_flush = True
         rss[MM_SHMEMPAGES] += nr
     else:
         if nr == 1:
@@ -563,11 +580,14 @@ def zap_present_folio_ptes(
             arch.clear_full_ptes(mm, addr, pte, nr, tlb.fullmm)
         rss[MM_ANONPAGES] += nr
     tlb.tlb_remove_tlb_entries(addr, nr)
-    if not delay_rmap:
+    if delay_rmap:
+        tlb.delayed_rmaps.append((folio, page, nr))
+    else:
         folio_remove_rmap_ptes(folio, page, nr, vma)
-    if __tlb_remove_folio_pages(tlb, folio, nr):
+    if __tlb_remove_folio_pages(tlb, folio, nr, delay_rmap):
         force_flush = True
-    return force_flush
+        force_break = True
+    return force_flush, force_break
 
 
 def folio_mark_dirty(folio: Folio) -> None:
@@ -591,10 +611,15 @@ def unmap_single_vma(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
 
 @kfunc
 def free_pgtables(tlb: MmuGather, mm: MmStruct, start: int, end: int, keep: list[Vma]) -> None:
-    """Free PTE tables (and emptied upper tables) in [start, end) no longer covered by ``keep``."""
+    """Free PTE tables (and emptied upper tables) in [start, end) no longer covered by ``keep``.
+
+    Each freed table goes through ``pte_free_tlb`` / ``pmd_free_tlb`` / ``pud_free_tlb``
+    (include/asm-generic/tlb.h, v6.9), which record a one-page range at the table's base and set
+    ``freed_tables``: the gather's final flush then also covers the walk caches."""
     from ptesim.kernel.pgtable import UpperTable
 
     g = mm.kernel.arch.geometry
+    pmd_level = g.levels - 2  # the table whose entries are PTE tables
 
     def covered(lo: int, hi: int) -> bool:
         return any(v.start < hi and v.end > lo for v in keep)
@@ -612,14 +637,17 @@ def free_pgtables(tlb: MmuGather, mm: MmStruct, start: int, end: int, keep: list
                 if not child.entries and not covered(lo, hi):
                     del table.entries[idx]
                     emit("pgtable_free", mm=mm)
-                    tlb.freed_tables = True
+                    if child.level == pmd_level:
+                        pmd_free_tlb(tlb, lo)
+                    else:
+                        pud_free_tlb(tlb, lo)
             elif isinstance(child, PteTable) and not covered(lo, hi):
                 if any(child.entries):
                     raise AssertionError(f"freeing a PTE table of {mm!r} at {lo:#x} that still maps pages")
                 del table.entries[idx]
                 mm.nr_ptes -= 1
                 emit("pgtable_free", mm=mm)
-                tlb.freed_tables = True
+                pte_free_tlb(tlb, lo)
 
     walk(mm.pgd)
     mm.forget_tables()

@@ -187,5 +187,5 @@ class Arm64TlbFlush(Arm64Pgtable):
             if not last_level:
                 self.flush_tlb_mm(tlb.mm)
             return
-        stride = 1 << tlb.stride_shift
+        stride = 1 << tlb.tlb_get_unmap_shift()
         self.raw_flush_tlb_range(tlb.mm, tlb.start, tlb.end, stride, last_level, tlb.tlb_get_level())

@@ -1,0 +1,203 @@
+"""Counts held to the v6.9 source, one test per kernel function the model once got wrong.
+
+Each test names the kernel function whose behaviour it pins and asserts the count that function
+produces, from running the model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from ptesim.events import with_aggregates
+from ptesim.kernel.core import Kernel, Task
+from ptesim.kernel.mmap import MMAP_BASE
+from ptesim.kernel.mmu_gather import (
+    MMU_GATHER_BUNDLE,
+    __tlb_remove_folio_pages,
+    max_gather_batch,
+    max_gather_batch_count,
+    tlb_gather_mmu,
+)
+from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, run_scenario
+
+KiB = 1024
+MiB = 1 << 20
+
+
+def totals(k: Kernel) -> Counter[str]:
+    return Counter(with_aggregates(k.sink.totals()))
+
+
+def with_neighbour(
+    arch: str, length: int, folio: int, preset: str = "v6.9", **kw: object
+) -> tuple[Kernel, Task, int]:
+    """A populated mapping of ``length`` at the top of the mmap area, plus a populated 64K
+    neighbour 16M below it, so that munmap frees the mapping's PTE tables but keeps the PMD table
+    (both lie in one 1G PUD range)."""
+    k = Kernel(arch, preset, checks=True, **kw)  # type: ignore[arg-type]
+    k.set_folio_size(folio)
+    t = k.spawn(0)
+    a = t.mmap(length)
+    b = t.mmap(64 * KiB, addr=(MMAP_BASE - 16 * MiB))
+    t.populate(a, length)
+    t.populate(b, 64 * KiB)
+    k.sink.reset()
+    return k, t, a
+
+
+# ---- 1. free_pte_range -> pte_free_tlb -> tlb_flush_pmd_range ----------------------------------
+
+
+def test_arm64_munmap_flushes_freed_pte_table() -> None:
+    """pte_free_tlb() (include/asm-generic/tlb.h) records [table base, +PAGE_SIZE) as a PMD-level
+    range and sets freed_tables; tlb_finish_mmu's arm64 tlb_flush then issues one non-last-level
+    TLBI VAE1IS at the PMD-aligned base (stride PMD_SIZE from tlb_get_unmap_shift).  Before: the
+    freed table was flushed over an empty range (256 TLBIs in all), now 256 + 1."""
+    k, t, a = with_neighbour("arm64", MiB, 64 * KiB)
+    t.munmap(a, MiB)
+    c = totals(k)
+    assert c["pgtable_free"] == 1  # the PTE table only; the neighbour keeps the PMD table
+    assert c["tlbi_page_bcast"] == 256 + 1  # tlb_end_vma: 256 VALE1IS; tlb_finish_mmu: 1 VAE1IS
+    assert c["tlbi_asid"] == 0
+    assert c["dsb_ishst"] == 2 and c["dsb_ish"] == 2
+
+
+def test_x86_munmap_flushes_freed_pte_table() -> None:
+    """x86 tlb_flush(): the freed PTE table's one-page range with stride PMD_SHIFT is one INVLPG
+    (flush_tlb_mm_range).  Before: none; now 16 (the 64K at tlb_end_vma) + 1."""
+    k, t, a = with_neighbour("x86", 64 * KiB, 64 * KiB)
+    t.munmap(a, 64 * KiB)
+    c = totals(k)
+    assert c["pgtable_free"] == 1
+    assert c["tlbi_page_local"] == 16 + 1
+    assert c["tlbi_asid"] == 0
+
+
+def test_arm64_freed_tables_far_apart_become_flush_tlb_mm() -> None:
+    """When the mapping was the mm's only one, free_pgtables also frees the PMD and PUD tables;
+    pmd_free_tlb / pud_free_tlb widen the range down to the PUD/P4D-aligned base, the span reaches
+    MAX_DVM_OPS strides and __flush_tlb_range_nosync falls back to flush_tlb_mm."""
+    res = run_scenario(ModelSpec(arch="arm64", folio=64 * KiB, mem=MiB, checks=True), "munmap")
+    c = Counter(with_aggregates(res.sink.totals()))
+    assert c["pgtable_free"] == 3
+    assert c["tlbi_page_bcast"] == 256 and c["tlbi_asid_bcast"] == 1
+
+
+# ---- 2. tlb_get_unmap_shift, x86 flush_tlb_mm_range stride --------------------------------------
+
+
+def test_x86_munmap_pmd_thp_one_invlpg_per_pmd() -> None:
+    """tlb_get_unmap_shift() returns PMD_SHIFT when only PMDs were cleared, and x86
+    flush_tlb_func() steps 1 << stride_shift: 4M of PMD-mapped THP is 2 INVLPGs (was 1024)."""
+    k, t, a = with_neighbour("x86", 4 * MiB, 2 * MiB)
+    t.munmap(a, 4 * MiB)
+    c = totals(k)
+    assert c["tlbi_page_local"] == 2
+    assert c["tlbi_asid"] == 0
+
+
+def test_arm64_munmap_pmd_thp_plus_tail() -> None:
+    """2112K = one PMD THP + a 64K PTE tail: cleared_ptes makes tlb_get_unmap_shift() PAGE_SHIFT,
+    so tlb_end_vma's __flush_tlb_range covers 528 pages at 4K stride (>= MAX_DVM_OPS: one
+    flush_tlb_mm), then one VAE1IS for the freed tail PTE table.  Before, the stride stuck at
+    PMD_SIZE and the tail's TLB entries survived the munmap (the model's tlb_coherence check)."""
+    k, t, a = with_neighbour("arm64", 2112 * KiB, 2 * MiB)
+    t.munmap(a, 2112 * KiB)
+    c = totals(k)
+    assert c["tlbi_asid_bcast"] == 1
+    assert c["tlbi_page_bcast"] == 1
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_scenario_checks_clean_on_pmd_thp_plus_tail(arch: str, scenario: str) -> None:
+    """Every scenario, every invariant (--check), on 2112K: a PMD-mapped 2M THP (as the fault path
+    maps it) plus a PTE-mapped tail."""
+    res = run_scenario(ModelSpec(arch=arch, folio=2 * MiB, mem=2112 * KiB, checks=True), scenario)
+    assert res.sink.totals()  # the scenario ran and counted something
+
+
+# ---- 8. MAX_GATHER_BATCH / MAX_GATHER_BATCH_COUNT from PAGE_SIZE, per-batch full check ---------
+
+
+@pytest.mark.parametrize(
+    "granule,slots,count",
+    [(4 * KiB, 510, 19), (16 * KiB, 2046, 4), (64 * KiB, 8190, 1)],
+)
+def test_gather_batch_geometry(granule: int, slots: int, count: int) -> None:
+    """MAX_GATHER_BATCH = (PAGE_SIZE - sizeof(struct mmu_gather_batch)) / sizeof(void *) and
+    MAX_GATHER_BATCH_COUNT = 10000 / MAX_GATHER_BATCH (include/asm-generic/tlb.h)."""
+    assert max_gather_batch(granule) == slots
+    assert max_gather_batch_count(granule) == count
+
+
+@pytest.mark.parametrize(
+    "granule,single_pages",
+    # local batch keeps 7 (MMU_GATHER_BUNDLE - 1); each batch page keeps MAX_GATHER_BATCH - 1
+    [(4 * KiB, 7 + 19 * 509), (16 * KiB, 7 + 4 * 2045), (64 * KiB, 7 + 1 * 8189)],
+)
+def test_gather_batch_full_is_per_batch_page(granule: int, single_pages: int) -> None:
+    """__tlb_remove_folio_pages_size (mm/mmu_gather.c): after each add, a batch with
+    nr >= max - 1 moves on (tlb_next_batch); the caller must flush only when no batch page is left.
+    Small folios: the single_pages-th add reports full (was 9697 for every granule)."""
+    k = Kernel("arm64", "v6.9", granule=granule)
+    t = k.spawn(0)
+    with k.operation(t, "setup"):
+        folio = k.pages.folio_alloc(0, mm=t.mm)
+    tlb = tlb_gather_mmu(t.mm)
+    tlb.tlb_flush_pte_range(0, granule)
+    full_at = next(i for i in range(1, 20000) if __tlb_remove_folio_pages(tlb, folio, 1))
+    assert full_at == single_pages
+    assert len(tlb.batches) == 1 + max_gather_batch_count(granule)
+    assert tlb.batches[0].max == MMU_GATHER_BUNDLE
+
+
+def test_gather_large_folio_entries_take_two_slots() -> None:
+    """A large-folio entry is an encoded page + nr_pages (two slots): three adds fill 6 of the
+    local batch's 8 slots; the fourth makes nr = 8 >= max - 1 and tlb_next_batch() moves on."""
+    k = Kernel("x86", "v6.9")
+    t = k.spawn(0)
+    with k.operation(t, "setup"):
+        folio = k.pages.folio_alloc(4, mm=t.mm)
+    tlb = tlb_gather_mmu(t.mm)
+    tlb.tlb_flush_pte_range(0, 4096)
+    for _ in range(3):
+        assert not __tlb_remove_folio_pages(tlb, folio, 16)
+    assert tlb.active == 0 and tlb.batches[0].nr == 6
+    assert not __tlb_remove_folio_pages(tlb, folio, 16)
+    assert tlb.active == 1 and tlb.batches[0].nr == 8
+
+
+# ---- 5. zap_present_folio_ptes: delay_rmap + force_flush for dirty shared folios ----------------
+
+
+def test_dirty_shmem_zap_flushes_per_pte_table() -> None:
+    """zap_present_folio_ptes (mm/memory.c): a dirty PTE of a shmem folio marks it dirty and, as
+    tlb_delay_rmap() is true on SMP, delays its rmap and forces a TLB flush at the end of that
+    zap_pte_range: MADV_DONTNEED of 4M of written shared memory flushes twice (one per PTE
+    table; x86: 512 pages > ceiling, so full flushes), where the model used to flush once."""
+    k = Kernel("x86", "v6.9", checks=True)
+    k.set_folio_size(4 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(4 * MiB, shared=True)
+    t.populate(a, 4 * MiB)
+    k.sink.reset()
+    t.madvise(a, 4 * MiB, "dontneed")
+    c = totals(k)
+    assert c["tlbi_asid_local"] == 2
+    assert c["mapcount"] == 1024  # the delayed rmaps are still removed, after the flush
+
+
+def test_clean_shmem_zap_is_not_forced() -> None:
+    """Read-only (clean) shared PTEs need no forced flush: one flush at tlb_end_vma."""
+    k = Kernel("x86", "v6.9", checks=True)
+    k.set_folio_size(4 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(4 * MiB, shared=True)
+    for off in range(0, 4 * MiB, 4 * KiB):
+        t.read(a + off)
+    k.sink.reset()
+    t.madvise(a, 4 * MiB, "dontneed")
+    assert totals(k)["tlbi_asid_local"] == 1
