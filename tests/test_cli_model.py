@@ -71,7 +71,7 @@ def test_trace_lists_primitives_in_order(capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = run(capsys, "trace", "--arch", "x86", "--preset", "v6.8", "--mem", "64K", "--folio", "64K")
     assert code == 0
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert any("pte_bitop" in ln and "ptep_set_wrprotect" in ln for ln in lines)
+    assert any("pte_cmpxchg" in ln and "ptep_set_wrprotect" in ln for ln in lines)
     seqs = [int(ln.split()[0]) for ln in lines if ln.split()[0].isdigit()]
     assert seqs == sorted(seqs)
 

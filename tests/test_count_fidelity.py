@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from ptesim.arch.arm64.tlbflush import MAX_TLBI_RANGE_PAGES, tlbi_range_num
 from ptesim.events import with_aggregates
 from ptesim.kernel.core import Kernel, Task
 from ptesim.kernel.mmap import MMAP_BASE
@@ -201,3 +202,148 @@ def test_clean_shmem_zap_is_not_forced() -> None:
     k.sink.reset()
     t.madvise(a, 4 * MiB, "dontneed")
     assert totals(k)["tlbi_asid_local"] == 1
+
+
+# ---- 3. x86 ptep_set_wrprotect: READ_ONCE + try_cmpxchg (v6.6+) --------------------------------
+
+
+def test_x86_fork_wrprotect_reads_then_cmpxchg() -> None:
+    """ptep_set_wrprotect (arch/x86/include/asm/pgtable.h, v6.6+) reads the PTE and write-protects
+    it with try_cmpxchg: first fork of 1M of 64K folios on v6.9 is one cmpxchg and one extra read
+    per PTE (was one clear_bit and no read)."""
+    res = run_scenario(ModelSpec(arch="x86", folio=64 * KiB, mem=MiB, checks=True), "fork-first")
+    c = Counter(with_aggregates(res.sink.totals()))
+    n, blocks = 256, 16
+    assert c["pte_cmpxchg"] == n and c["pte_bitop"] == 0
+    assert c["pte_read"] == n + (blocks - 1) + n  # folio_pte_batch + probes + wrprotect reads
+
+
+def test_x86_pmd_wrprotect_reads_then_cmpxchg() -> None:
+    """pmdp_set_wrprotect: the same READ_ONCE + try_cmpxchg on the PMD leaf at fork."""
+    res = run_scenario(ModelSpec(arch="x86", folio=2 * MiB, mem=2 * MiB, checks=True), "fork-first")
+    c = res.sink.totals()
+    assert c["pmd_rmw"] == 1
+    assert c["pmd_read"] >= 2  # copy_huge_pmd's pmdp_get + the wrprotect's READ_ONCE
+
+
+# ---- 4. __folio_remove_rmap: _nr_pages_mapped per page -----------------------------------------
+
+
+def test_munmap_large_folio_two_mapcount_atomics_per_page() -> None:
+    """__folio_remove_rmap(RMAP_LEVEL_PTE) (mm/rmap.c): a page of a large folio losing its last
+    mapping costs atomic_add_negative on _mapcount and atomic_dec_return_relaxed on
+    _nr_pages_mapped: munmap of 1M of 64K folios is 512 mapcount atomics (was 256)."""
+    res = run_scenario(ModelSpec(arch="arm64", folio=64 * KiB, mem=MiB, checks=True), "munmap")
+    assert res.sink.totals()["mapcount"] == 2 * 256
+
+
+def test_shared_large_folio_unmap_keeps_nr_pages_mapped() -> None:
+    """When the child still maps the pages, the parent's mapcount drop is not the last one: no
+    _nr_pages_mapped atomic (exit of the child of a fork: one atomic per page)."""
+    res = run_scenario(ModelSpec(arch="arm64", folio=64 * KiB, mem=MiB, checks=True), "exit-child")
+    assert res.sink.totals()["mapcount"] == 256
+
+
+def test_munmap_pmd_thp_entire_and_nr_pages_mapped() -> None:
+    """RMAP_LEVEL_PMD: _entire_mapcount and, for the last PMD mapping, _nr_pages_mapped -=
+    ENTIRELY_MAPPED: 2 atomics per PMD THP."""
+    res = run_scenario(ModelSpec(arch="x86", folio=2 * MiB, mem=2 * MiB, checks=True), "munmap")
+    assert res.sink.totals()["mapcount"] == 2
+
+
+# ---- 6. arm64 ptep_get_lockless on a CONT entry ------------------------------------------------
+
+
+def contpte_kernel(preset: str = "v6.9") -> tuple[Kernel, Task, int]:
+    k = Kernel("arm64", preset, checks=True)
+    k.set_folio_size(64 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(64 * KiB)
+    t.populate(a, 64 * KiB)
+    k.sink.reset()
+    return k, t, a
+
+
+def test_arm64_ptep_get_lockless_cont_reads() -> None:
+    """ptep_get_lockless (arch/arm64/include/asm/pgtable.h) reads the entry; a valid CONT entry
+    goes to contpte_ptep_get_lockless (arch/arm64/mm/contpte.c), which reads it again at retry:
+    and then all 16: 18 reads (was 17)."""
+    k, t, a = contpte_kernel()
+    ptep = t.mm.pte_offset(a)
+    assert ptep is not None
+    with k.operation(t, "probe"):
+        pte = k.arch.ptep_get_lockless(ptep + 3)
+    assert k.arch.pte_valid_cont(pte)
+    assert k.sink.totals()["pte_read"] == 18
+
+
+@pytest.mark.parametrize("which,reads", [("ptep_get", 1 + 2), ("ptep_get_lockless", 1 + 1 + 2)])
+def test_arm64_early_exit_rereads_first_dirty_entry(which: str, reads: int) -> None:
+    """Mainline early exit (~v6.17): on a dirty entry the inner loop restarts at the same index,
+    so a block whose first entry is dirty and young costs 2 gather reads (entry 0 twice), plus
+    the wrapper's read and, lockless, the retry: read."""
+    k, t, a = contpte_kernel("v6.9")
+    k.arch.cfg = k.arch.cfg.replace(contpte_get_early_exit=True)
+    ptep = t.mm.pte_offset(a)
+    assert ptep is not None
+    with k.operation(t, "probe"):
+        pte = getattr(k.arch, which)(ptep)
+    assert k.arch.pte_dirty(pte) and k.arch.pte_young(pte)
+    assert k.sink.totals()["pte_read"] == reads
+
+
+# ---- 7. __flush_tlb_range_nosync: pages >= MAX_TLBI_RANGE_PAGES, __TLBI_RANGE_NUM with min() ----
+
+
+def test_arm64_range_flush_at_max_tlbi_range_pages_falls_back() -> None:
+    """__flush_tlb_range_nosync (arch/arm64/include/asm/tlbflush.h, v6.9): with FEAT_TLBIRANGE,
+    pages >= MAX_TLBI_RANGE_PAGES (2^21) is one flush_tlb_mm; one page fewer is range TLBIs.
+    (The model used '>' and masked __TLBI_RANGE_NUM with 0x1F: at exactly 2^21 it never made
+    progress.)"""
+    k = Kernel("arm64", "v6.9", cpu_features=frozenset({"tlbi-range"}))
+    t = k.spawn(0)
+    arch = k.arch
+    with k.operation(t, "probe"):
+        arch.raw_flush_tlb_range(t.mm, 0, MAX_TLBI_RANGE_PAGES << 12, 4096, True, None)
+    assert with_aggregates(k.sink.totals())["tlbi_asid_bcast"] == 1
+    k.sink.reset()
+    with k.operation(t, "probe"):
+        arch.raw_flush_tlb_range(t.mm, 0, (MAX_TLBI_RANGE_PAGES - 1) << 12, 4096, True, None)
+    c = k.sink.totals()
+    assert c.get("tlbi_asid_bcast", 0) == 0
+    # 2^21 - 1 = 31 units of 2^16 + 31 of 2^11 + 31 of 2^6 + 31 of 2 + 1 single page
+    assert c["tlbi_range_bcast"] == 4 and c["tlbi_page_bcast"] == 1
+
+
+def test_tlbi_range_num_clamps() -> None:
+    """__TLBI_RANGE_NUM(pages, scale) = min(pages, __TLBI_RANGE_PAGES(31, scale)) >> (5*scale+1) - 1."""
+    assert tlbi_range_num(MAX_TLBI_RANGE_PAGES, 3) == 31
+    assert tlbi_range_num(MAX_TLBI_RANGE_PAGES - 1, 3) == 30
+    assert tlbi_range_num(1, 0) == -1
+
+
+# ---- 9. riscv update_mmu_cache_range: one local sfence.vma per installed PTE ------------------
+
+
+def test_riscv_fault_sfences_each_installed_pte() -> None:
+    """update_mmu_cache_range (arch/riscv/include/asm/pgtable.h, v6.9) issues one local
+    sfence.vma per PTE a fault installed: populating 1M of 64K folios (16 faults of 16 PTEs)
+    is 256 local page sfences (was 0)."""
+    res = run_scenario(ModelSpec(arch="riscv", folio=64 * KiB, mem=MiB, checks=True), "populate")
+    c = Counter(with_aggregates(res.sink.totals()))
+    assert c["fault"] == 16
+    assert c["tlbi_page_local"] == 256
+
+
+def test_riscv_pmd_fault_sfences_once() -> None:
+    """A PMD THP fault: update_mmu_cache_pmd -> update_mmu_cache: one local sfence.vma."""
+    res = run_scenario(ModelSpec(arch="riscv", folio=2 * MiB, mem=2 * MiB, checks=True), "populate")
+    assert Counter(with_aggregates(res.sink.totals()))["tlbi_page_local"] == 1
+
+
+def test_x86_and_arm64_update_mmu_cache_is_a_noop() -> None:
+    """x86 and arm64 define update_mmu_cache_range as nothing: populate issues no TLBI."""
+    for arch in ("x86", "arm64"):
+        res = run_scenario(ModelSpec(arch=arch, folio=64 * KiB, mem=MiB, checks=True), "populate")
+        c = Counter(with_aggregates(res.sink.totals()))
+        assert c["tlbi_page"] == 0 and c["tlbi_asid"] == 0

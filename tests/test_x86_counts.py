@@ -20,14 +20,15 @@ def counts(preset: str, scenario: str, folio: int = 64 * 1024, mem: int = MiB) -
 
 
 def test_v68_first_fork_per_pte() -> None:
-    """v6.8: two reads, one folio_get, one mapcount, one AE clear, one RMW, one store per PTE."""
+    """v6.8: three reads, one folio_get, one mapcount, one AE clear, one RMW, one store per PTE."""
     c = counts("v6.8", "fork-first")
     n = 16 * BLOCKS
-    assert c["pte_read"] == 2 * n
+    assert c["pte_read"] == 3 * n  # copy_pte_range, copy_present_pte, ptep_set_wrprotect's READ_ONCE
     assert c["folio_ref"] == n
     assert c["mapcount"] == n
     assert c["anon_exclusive"] == n
-    assert c["pte_rmw"] == c["pte_bitop"] == n  # clear_bit(_PAGE_BIT_RW), no separate read
+    # ptep_set_wrprotect (v6.6+): READ_ONCE + try_cmpxchg, not clear_bit(_PAGE_BIT_RW)
+    assert c["pte_rmw"] == c["pte_cmpxchg"] == n and c.get("pte_bitop", 0) == 0
     assert c["pte_write"] == n
     assert c["tlbi_page"] == 0 and c["tlbi_range"] == 0
     assert c["tlbi_asid"] == 1  # the single flush_tlb_mm(oldmm) at the end of dup_mmap
@@ -36,20 +37,22 @@ def test_v68_first_fork_per_pte() -> None:
 
 def test_v69_first_fork_batched() -> None:
     """v6.9: one folio_ref_add per 64K folio; one read per PTE plus one probe read per folio
-    whose PMD range continues (folio_pte_batch reads the next block's first PTE)."""
+    whose PMD range continues (folio_pte_batch reads the next block's first PTE), plus the
+    READ_ONCE of each ptep_set_wrprotect."""
     c = counts("v6.9", "fork-first")
     n = 16 * BLOCKS
     assert c["folio_ref"] == BLOCKS
-    assert c["pte_read"] == n + (BLOCKS - 1)
+    assert c["pte_read"] == n + (BLOCKS - 1) + n
     assert c["mapcount"] == n and c["anon_exclusive"] == n
     assert c["pte_rmw"] == n and c["pte_write"] == n
     assert c["tlbi_asid"] == 1 and c["tlbi_page"] == 0
 
 
 def test_v615_clamp_removes_probe_reads() -> None:
-    """With folio_pte_batch's max_nr clamp (~v6.15) the probe reads disappear."""
+    """With folio_pte_batch's max_nr clamp (~v6.15) the probe reads disappear (the wrprotect
+    reads stay)."""
     c = counts("v6.15", "fork-first")
-    assert c["pte_read"] == 16 * BLOCKS
+    assert c["pte_read"] == 2 * 16 * BLOCKS
     assert c["large_mapcount"] == BLOCKS  # v6.11: one _large_mapcount atomic per batch
 
 
@@ -78,11 +81,12 @@ def test_child_exit(preset: str, refs: int, reads: int | None) -> None:
 
 
 def test_small_folios_batch_nothing() -> None:
-    """With 4K folios v6.9 copies one PTE at a time, like v6.8 but with one read fewer."""
+    """With 4K folios v6.9 copies one PTE at a time, like v6.8 but with one read fewer (both
+    also read each PTE once more to write-protect it)."""
     c9 = counts("v6.9", "fork-first", folio=4096)
     c8 = counts("v6.8", "fork-first", folio=4096)
     assert c9["folio_ref"] == c8["folio_ref"] == 256
-    assert c9["pte_read"] == 256 and c8["pte_read"] == 512
+    assert c9["pte_read"] == 512 and c8["pte_read"] == 768
 
 
 def test_pmd_thp_fork() -> None:

@@ -22,7 +22,6 @@ CPU_FEATURES: dict[str, dict[str, str]] = {
     "x86": {
         "pti": "page-table isolation: user and kernel PCIDs, each flush done for both",
         "invlpgb": "AMD INVLPGB: broadcasts instead of IPIs for an mm active on 4+ CPUs (v6.15+)",
-        "shstk": "user shadow stacks: ptep_set_wrprotect becomes read + cmpxchg (v6.6+)",
     },
     "arm64": {
         "tlbi-range": "FEAT_TLBIRANGE (ARMv8.4): TLBI RVALE1IS covers a range in one instruction",

@@ -299,6 +299,14 @@ class Arch:
                 pte = self.pte_mkclean(pte)
             self.set_pte_at(vma.mm, a, p, pte)
 
+    def update_mmu_cache_range(self, vma: Vma, addr: int, ptep: Ptep | None, nr: int) -> None:
+        """Called after a fault installed or changed ``nr`` PTEs from ``addr`` (and, as
+        ``update_mmu_tlb``, when a fault found its PTE already changed).  A no-op on x86 and
+        arm64; riscv overrides it."""
+
+    def update_mmu_cache_pmd(self, vma: Vma, addr: int) -> None:
+        """After a fault installed or changed a PMD leaf; a no-op unless the arch overrides it."""
+
     def hw_keeps_permission_faults(self) -> bool:
         """Whether a TLB entry whose permissions made an access fault may stay cached (so the
         kernel must invalidate it when it grants the permission)."""

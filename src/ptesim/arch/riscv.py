@@ -165,14 +165,30 @@ class Riscv(ContPteArch):
 
     @kname("ptep_set_access_flags")
     def raw_ptep_set_access_flags(self, vma: Vma, addr: int, ptep: Ptep, entry: int, dirty: bool) -> bool:
-        """Store if different; always 'changed' (update_mmu_cache then sfences locally — the
-        model's core does not call update_mmu_cache)."""
+        """arch/riscv/mm/pgtable.c: store if different; always 'changed', so the fault path's
+        update_mmu_cache_range sfences locally (and never flush_tlb_fix_spurious_fault)."""
         if not self.pte_same(self.raw_ptep_get(ptep), entry):
             ptep_store(ptep, self._napot_encode(entry))
         return True
 
     def flush_tlb_fix_spurious_fault(self, vma: Vma, addr: int) -> None:
         self._local_flush_tlb_range_asid(vma.mm, addr, self.page_size, self.page_size)
+
+    @kfunc
+    def update_mmu_cache_range(self, vma: Vma, addr: int, ptep: Ptep | None, nr: int) -> None:
+        """arch/riscv/include/asm/pgtable.h (v6.9): SFENCE.VMA orders rather than flushes, so after
+        every fault that installs or changes PTEs the kernel eagerly issues one local
+        ``sfence.vma addr`` (local_flush_tlb_page, every ASID) per PTE, last page first."""
+        for i in reversed(range(nr)):
+            self.local_flush_tlb_page(vma.mm, addr + i * self.page_size)
+
+    def update_mmu_cache_pmd(self, vma: Vma, addr: int) -> None:
+        """update_mmu_cache(vma, addr, (pte_t *)pmdp): one local sfence.vma at ``addr``."""
+        self.update_mmu_cache_range(vma, addr & ~(self.page_size - 1), None, 1)
+
+    def local_flush_tlb_page(self, mm: MmStruct, addr: int) -> None:
+        """``sfence.vma addr``: this CPU, every ASID."""
+        self.hw.tlbi("page", broadcast=False, asid=None, vpn=addr >> self.page_shift, mm=mm)
 
     # ---- TLB maintenance (arch/riscv/mm/tlbflush.c) --------------------------------------------
     def _sfence_page(self, mm: MmStruct, addr: int) -> None:

@@ -2,7 +2,7 @@
 v6.15 INVLPGB broadcast path with ``cfg.broadcast_tlb_flush`` and CPU feature ``invlpgb``).
 
 x86 has no contiguous-PTE hint, so fork and zap differ from the generic code only in their atomics:
-write-protect is one ``clear_bit(_PAGE_BIT_RW)`` and get-and-clear one ``xchg`` (a plain read and
+write-protect is a read and one ``cmpxchg`` (v6.6+) and get-and-clear one ``xchg`` (a plain read and
 clear when the whole mm is being torn down).  Flushes are local INVLPG / CR3 reloads plus IPIs to the
 other CPUs in ``mm_cpumask``, or, for an mm with a global ASID, INVLPGB broadcasts and a TLBSYNC.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from ptesim.arch.base import Arch
-from ptesim.events import kfunc
+from ptesim.arch.base import Arch, Pmdp
+from ptesim.events import emit, kfunc
 from ptesim.kernel.pgtable import Ptep, ptep_bitop, ptep_cmpxchg, ptep_load, ptep_store, ptep_xchg
 
 if TYPE_CHECKING:
@@ -44,13 +44,23 @@ class X86(Arch):
     # ---- overrides of the generic API ---------------------------------------------------------
     @kfunc
     def ptep_set_wrprotect(self, mm: MmStruct, addr: int, ptep: Ptep) -> None:
-        """One ``clear_bit(_PAGE_BIT_RW)``; with user shadow stacks a read + cmpxchg loop so that
-        Write=0,Dirty=1 (a shadow-stack PTE) is never created by accident."""
-        if "shstk" in self.features:
-            old = ptep_load(ptep)
-            ptep_cmpxchg(ptep, old, self.pte_wrprotect(old))
-        else:
-            ptep_bitop(ptep, clear=self.WRITE)
+        """arch/x86/include/asm/pgtable.h (v6.6+, the user shadow-stack series, whatever the CPU):
+        ``READ_ONCE`` then a ``try_cmpxchg`` loop, so that hardware setting Dirty=1 in between can
+        never leave a Write=0,Dirty=1 (shadow-stack) PTE behind.  No ``clear_bit`` since v6.6."""
+        old = ptep_load(ptep)
+        while True:
+            found = ptep_cmpxchg(ptep, old, self.pte_wrprotect(old))
+            if found == old:
+                return
+            old = found
+
+    @kfunc
+    def pmdp_set_wrprotect(self, mm: MmStruct, addr: int, pmdp: Pmdp) -> None:
+        """The PMD form of ptep_set_wrprotect (v6.6+): ``READ_ONCE`` + ``try_cmpxchg`` loop."""
+        emit("pmd_read", mm=mm)
+        emit("pmd_rmw", mm=mm)
+        entries = pmdp.table.entries  # type: ignore[attr-defined]
+        entries[pmdp.idx] = self.pte_wrprotect(entries[pmdp.idx])
 
     @kfunc
     def ptep_get_and_clear(self, mm: MmStruct, addr: int, ptep: Ptep) -> int:

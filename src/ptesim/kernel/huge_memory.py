@@ -46,6 +46,7 @@ def do_huge_pmd_anonymous_page(vma: Vma, addr: int) -> bool:
     folio_add_new_anon_rmap(folio, vma, haddr, pmd_mapped=True)
     mm.rss[MM_ANONPAGES] += folio.nr_pages
     arch.set_pmd_at(mm, haddr, pmdp, entry)
+    arch.update_mmu_cache_pmd(vma, addr)
     return True
 
 
@@ -112,6 +113,7 @@ def do_huge_pmd_wp_page(vma: Vma, addr: int) -> None:
         folio.anon_exclusive = [True] * folio.nr_pages
         entry = arch.maybe_mkwrite(arch.pte_mkdirty(arch.pte_mkyoung(pmd)), vma)
         arch.set_pmd_at(mm, addr & ~(arch.geometry.pmd_size - 1), pmdp, entry)
+        arch.update_mmu_cache_pmd(vma, addr)  # pmdp_set_access_flags() changed it
         return
     __split_huge_pmd(vma, addr)
 

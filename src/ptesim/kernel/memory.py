@@ -689,6 +689,7 @@ def handle_mm_fault(vma: Vma, addr: int, write: bool) -> None:
         return
     # spin_lock(vmf->ptl); recheck
     if not arch.pte_same(arch.ptep_get(ptep), orig):
+        arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)  # update_mmu_tlb
         return
     entry_pte = orig
     if write:
@@ -697,7 +698,9 @@ def handle_mm_fault(vma: Vma, addr: int, write: bool) -> None:
             return
         entry_pte = arch.pte_mkdirty(entry_pte)
     entry_pte = arch.pte_mkyoung(entry_pte)
-    if not arch.ptep_set_access_flags(vma, addr & ~(arch.page_size - 1), ptep, entry_pte, write) and write:
+    if arch.ptep_set_access_flags(vma, addr & ~(arch.page_size - 1), ptep, entry_pte, write):
+        arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)
+    elif write:
         arch.flush_tlb_fix_spurious_fault(vma, addr)
 
 
@@ -757,8 +760,10 @@ def do_anonymous_page(vma: Vma, addr: int, write: bool) -> None:
     if not write:
         entry = arch.pte_mkspecial(arch.pfn_pte(0, vma.page_prot))
         if not arch.pte_none(arch.ptep_get(ptep)):
+            arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)  # update_mmu_tlb
             return
         arch.set_pte_at(mm, addr & ~(arch.page_size - 1), ptep, entry)
+        arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)
         return
     folio = alloc_anon_folio(vma, addr)
     nr = folio.nr_pages
@@ -772,9 +777,12 @@ def do_anonymous_page(vma: Vma, addr: int, write: bool) -> None:
         entry = arch.pte_mkwrite(arch.pte_mkdirty(entry))
     if nr == 1:
         if not arch.pte_none(arch.ptep_get(start)):
+            arch.update_mmu_cache_range(vma, haddr, start, 1)  # update_mmu_tlb
             kernel.pages.folio_put(folio, mm=mm)
             return
     elif not pte_range_none(arch, start, nr):
+        for i in range(nr):  # update_mmu_tlb per entry
+            arch.update_mmu_cache_range(vma, haddr + i * arch.page_size, start + i, 1)
         kernel.pages.folio_put(folio, mm=mm)
         return
     if nr > 1:
@@ -782,6 +790,7 @@ def do_anonymous_page(vma: Vma, addr: int, write: bool) -> None:
     mm.rss[MM_ANONPAGES] += nr
     folio_add_new_anon_rmap(folio, vma, haddr)
     arch.set_ptes(mm, haddr, start, entry, nr)
+    arch.update_mmu_cache_range(vma, haddr, start, nr)
 
 
 @kfunc
@@ -801,6 +810,7 @@ def do_shmem_fault(vma: Vma, addr: int, write: bool) -> None:
     ptep = mm.pte_alloc(addr)
     assert ptep is not None
     if not arch.pte_none(arch.ptep_get(ptep)):
+        arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)  # update_mmu_tlb
         kernel.pages.folio_put(folio, mm=mm)
         return
     entry = arch.pte_mkyoung(arch.pfn_pte(folio.pfn, vma.page_prot))
@@ -809,6 +819,7 @@ def do_shmem_fault(vma: Vma, addr: int, write: bool) -> None:
     folio_add_file_rmap_ptes(folio, 0, 1, vma)
     mm.rss[MM_SHMEMPAGES] += 1
     arch.set_pte_at(mm, addr & ~(arch.page_size - 1), ptep, entry)
+    arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)  # set_pte_range
 
 
 def wp_can_reuse_anon_folio(folio: Folio, vma: Vma) -> bool:
@@ -849,7 +860,8 @@ def do_wp_page(vma: Vma, addr: int, ptep: Ptep, orig: int) -> None:
 def wp_page_reuse(vma: Vma, addr: int, ptep: Ptep, orig: int) -> None:
     arch = vma.mm.kernel.arch
     entry = arch.maybe_mkwrite(arch.pte_mkdirty(arch.pte_mkyoung(orig)), vma)
-    arch.ptep_set_access_flags(vma, addr & ~(arch.page_size - 1), ptep, entry, True)
+    if arch.ptep_set_access_flags(vma, addr & ~(arch.page_size - 1), ptep, entry, True):
+        arch.update_mmu_cache_range(vma, addr & ~(arch.page_size - 1), ptep, 1)
 
 
 @kfunc
@@ -866,6 +878,7 @@ def wp_page_copy(vma: Vma, addr: int, ptep: Ptep, orig: int, old: tuple[Folio, i
         emit("page_copy", mm=mm)
         new.data[0] = old[0].data[old[1]]
     if not arch.pte_same(arch.ptep_get(ptep), orig):
+        arch.update_mmu_cache_range(vma, addr, ptep, 1)  # update_mmu_tlb
         kernel.pages.folio_put(new, mm=mm)
         if old is not None:
             kernel.pages.folio_put(old[0], mm=mm)
@@ -878,6 +891,7 @@ def wp_page_copy(vma: Vma, addr: int, ptep: Ptep, orig: int, old: tuple[Folio, i
     if old is None:
         mm.rss[MM_ANONPAGES] += 1
     arch.set_pte_at(mm, addr, ptep, entry)
+    arch.update_mmu_cache_range(vma, addr, ptep, 1)
     if old is not None:
         folio_remove_rmap_pte(old[0], old[1], vma)
         kernel.pages.folio_put(old[0], mm=mm)  # the reference do_wp_page took

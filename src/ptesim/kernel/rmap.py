@@ -126,9 +126,20 @@ def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None
         folio.large_mapcount += nr
 
 
+def folio_dec_nr_pages_mapped(folio: Folio, mm: MmStruct, nr: int = 1) -> None:
+    """``__folio_remove_rmap`` (mm/rmap.c, v6.9), the step after a page of a large folio lost its
+    last PTE mapping: ``atomic_dec_return_relaxed(&folio->_nr_pages_mapped)``, one atomic per such
+    page (RMAP_LEVEL_PMD: one ``atomic_sub_return_relaxed(ENTIRELY_MAPPED, ...)`` when the last
+    PMD mapping goes, ``nr`` = 1).  Counted as a ``mapcount`` atomic."""
+    emit("mapcount", nr, mm=mm)
+
+
 @kfunc
 def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
-    """Drop ``nr`` PTE mappings; an anon page that is no longer mapped loses AnonExclusive."""
+    """__folio_remove_rmap(RMAP_LEVEL_PTE): per page, ``atomic_add_negative(-1, &page->_mapcount)``
+    and, if that was the page's last mapping and the folio is large, the ``_nr_pages_mapped``
+    decrement (:func:`folio_dec_nr_pages_mapped`).  An anon page that is no longer mapped loses
+    AnonExclusive."""
     __folio_rmap_sanity_checks(folio, page, nr)
     mm = vma.mm
     for i in range(page, page + nr):
@@ -136,6 +147,8 @@ def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
         folio.mapcount[i] -= 1
         if folio.mapcount[i] < 0:
             raise AssertionError(f"mapcount underflow on page {i} of {folio!r}")
+        if folio.mapcount[i] == 0 and folio.large:
+            folio_dec_nr_pages_mapped(folio, mm)
         if folio.mapcount[i] == 0 and folio.entire_mapcount == 0 and folio.anon_exclusive[i]:
             folio.anon_exclusive[i] = False
     if mm.kernel.cfg.large_mapcount and folio.large:
@@ -149,10 +162,14 @@ def folio_remove_rmap_pte(folio: Folio, page: int, vma: Vma) -> None:
 
 @kfunc
 def folio_remove_rmap_pmd(folio: Folio, vma: Vma) -> None:
+    """__folio_remove_rmap(RMAP_LEVEL_PMD): ``_entire_mapcount`` and, when that was the last PMD
+    mapping, ``_nr_pages_mapped`` loses ENTIRELY_MAPPED."""
     emit("mapcount", mm=vma.mm)
     folio.entire_mapcount -= 1
     if folio.entire_mapcount < 0:
         raise AssertionError(f"entire mapcount underflow on {folio!r}")
+    if folio.entire_mapcount == 0:
+        folio_dec_nr_pages_mapped(folio, vma.mm)
     if vma.mm.kernel.cfg.large_mapcount:
         emit("large_mapcount", mm=vma.mm)
         folio.large_mapcount -= folio.nr_pages

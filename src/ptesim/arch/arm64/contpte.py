@@ -189,8 +189,11 @@ class ContPteArch(Arch):
 
     @kfunc
     def ptep_get_lockless(self, ptep: Ptep) -> int:
-        if not self.contpte_enabled:
-            return self.raw_ptep_get(ptep)
+        """arch/arm64/include/asm/pgtable.h (v6.9): one ``__ptep_get``; only a valid CONT entry
+        goes on to contpte_ptep_get_lockless, which reads the target again at ``retry:``."""
+        pte = self.raw_ptep_get(ptep)
+        if not self.contpte_enabled or not self.pte_valid_cont(pte):
+            return pte
         return contpte_ptep_get_lockless(self, ptep)
 
     @kfunc
@@ -453,20 +456,39 @@ def __contpte_try_unfold(arch: ContPteArch, mm: MmStruct, addr: int, ptep: Ptep,
     contpte_convert(arch, mm, addr, ptep, arch.pte_mknoncont(pte))
 
 
+def _gather_early_exit(arch: ContPteArch, p: Ptep, i: int, pte: int, orig: int) -> tuple[int, bool]:
+    """The v6.17 early exit (093ae7a033cf, Xavier Xia, "arm64/mm: Optimize loop to reduce redundant operations
+    of contpte_ptep_get", LKML 20250508070353.2370826-1 and later versions) after entry ``i``
+    read as ``pte``: on the first dirty entry an inner loop starts again *at the same index*
+    (re-reading that entry) until it finds a young one; on the first young entry (not dirty) it
+    starts at the next index until it finds a dirty one.  Returns (orig, whether it exited)."""
+    n = arch.contpte_nr
+    if arch.pte_dirty(pte):
+        orig = arch.pte_mkdirty(orig)
+        for j in range(i, n):
+            if arch.pte_young(arch.raw_ptep_get(p + j)):
+                return arch.pte_mkyoung(orig), True
+        return orig, True
+    if arch.pte_young(pte):
+        orig = arch.pte_mkyoung(orig)
+        for j in range(i + 1, n):
+            if arch.pte_dirty(arch.raw_ptep_get(p + j)):
+                return arch.pte_mkdirty(orig), True
+        return orig, True
+    return orig, False
+
+
 @kfunc
 def contpte_ptep_get(arch: ContPteArch, ptep: Ptep, orig: int) -> int:
     """Gather dirty/young from every entry of the block (16 reads).  With the v6.17 early exit
-    (093ae7a033cf, ``contpte_get_early_exit``) stop once both have been seen."""
+    (``contpte_get_early_exit``, :func:`_gather_early_exit`) a block whose first entry is dirty
+    and young costs 2 reads here (entry 0 is read again by the inner loop)."""
     n = arch.contpte_nr
     p = ptep.align_down(n)
     if arch.cfg.contpte_get_early_exit:
         for i in range(n):
-            pte = arch.raw_ptep_get(p + i)
-            if arch.pte_dirty(pte):
-                orig = arch.pte_mkdirty(orig)
-            if arch.pte_young(pte):
-                orig = arch.pte_mkyoung(orig)
-            if arch.pte_dirty(orig) and arch.pte_young(orig):
+            orig, done = _gather_early_exit(arch, p, i, arch.raw_ptep_get(p + i), orig)
+            if done:
                 break
         return orig
     for pte in arch.raw_ptep_get_block(p, n):
@@ -477,10 +499,21 @@ def contpte_ptep_get(arch: ContPteArch, ptep: Ptep, orig: int) -> int:
     return orig
 
 
+def contpte_is_consistent(arch: ContPteArch, pte: int, pfn: int, orig_prot: int) -> bool:
+    """A block entry read without the PTL is consistent: valid + CONT, the expected PFN, the same
+    protections ignoring access/dirty."""
+    prot = arch.pte_pgprot(arch.pte_mkold(arch.pte_mkclean(pte)))
+    return arch.pte_valid_cont(pte) and arch.pte_pfn(pte) == pfn and prot == orig_prot
+
+
 @kfunc
 def contpte_ptep_get_lockless(arch: ContPteArch, orig_ptep: Ptep) -> int:
-    """No PTL: read a consistent block (all valid+CONT, consecutive, same prot) or retry."""
+    """No PTL: ``retry:`` reads the target again, then a consistent block (all valid+CONT,
+    consecutive, same prot) or retries: 1 + 16 reads, 18 with the ptep_get_lockless wrapper's.
+    With the v6.17 early exit the same inner loops as contpte_ptep_get, each entry also checked
+    for consistency."""
     n = arch.contpte_nr
+    early = arch.cfg.contpte_get_early_exit
     while True:
         orig = arch.raw_ptep_get(orig_ptep)
         if not arch.pte_valid_cont(orig):
@@ -488,18 +521,33 @@ def contpte_ptep_get_lockless(arch: ContPteArch, orig_ptep: Ptep) -> int:
         orig_prot = arch.pte_pgprot(arch.pte_mkold(arch.pte_mkclean(orig)))
         p = orig_ptep.align_down(n)
         pfn = arch.pte_pfn(orig) - (orig_ptep.idx - p.idx)
-        consistent = True
+
+        ok = True
         for i in range(n):
             pte = arch.raw_ptep_get(p + i)
-            prot = arch.pte_pgprot(arch.pte_mkold(arch.pte_mkclean(pte)))
-            if not arch.pte_valid_cont(pte) or arch.pte_pfn(pte) != pfn + i or prot != orig_prot:
-                consistent = False
+            if not contpte_is_consistent(arch, pte, pfn + i, orig_prot):
+                ok = False
+                break
+            if early and (arch.pte_dirty(pte) or arch.pte_young(pte)):
+                want_young = arch.pte_dirty(pte)
+                orig = arch.pte_mkdirty(orig) if want_young else arch.pte_mkyoung(orig)
+                for j in range(i if want_young else i + 1, n):
+                    sub = arch.raw_ptep_get(p + j)
+                    if not contpte_is_consistent(arch, sub, pfn + j, orig_prot):
+                        ok = False
+                        break
+                    if want_young and arch.pte_young(sub):
+                        orig = arch.pte_mkyoung(orig)
+                        break
+                    if not want_young and arch.pte_dirty(sub):
+                        orig = arch.pte_mkdirty(orig)
+                        break
                 break
             if arch.pte_dirty(pte):
                 orig = arch.pte_mkdirty(orig)
             if arch.pte_young(pte):
                 orig = arch.pte_mkyoung(orig)
-        if consistent:
+        if ok:
             return orig
 
 

@@ -31,8 +31,10 @@ MAX_TLBI_RANGE_PAGES = tlbi_range_pages(31, 3)
 
 
 def tlbi_range_num(pages: int, scale: int) -> int:
-    """__TLBI_RANGE_NUM: the 'num' field (0..31) for ``pages`` at ``scale``, or -1 if none fit."""
-    return ((min(pages, tlbi_range_pages(31, scale)) >> (5 * scale + 1)) & 0x1F) - 1
+    """__TLBI_RANGE_NUM (v6.9): ``min(pages, __TLBI_RANGE_PAGES(31, scale)) >> (5 * scale + 1)``
+    minus one, so 0..31, or -1 if not even one unit fits.  (Older kernels masked with
+    ``& TLBI_RANGE_MASK`` instead of clamping.)"""
+    return (min(pages, tlbi_range_pages(31, scale)) >> (5 * scale + 1)) - 1
 
 
 class Arm64TlbFlush(Arm64Pgtable):
@@ -121,13 +123,14 @@ class Arm64TlbFlush(Arm64Pgtable):
     def raw_flush_tlb_range_nosync(
         self, mm: MmStruct, start: int, end: int, stride: int, last_level: bool, level: int | None
     ) -> None:
-        """Above MAX_DVM_OPS strides without range TLBIs (or MAX_TLBI_RANGE_PAGES with them) one
-        ASID flush replaces the loop.  ``last_level`` picks VALE1IS over VAE1IS (same count)."""
+        """From MAX_DVM_OPS strides without range TLBIs, or from MAX_TLBI_RANGE_PAGES pages with
+        them (``>=``, v6.9), one ASID flush replaces the loop.  ``last_level`` picks VALE1IS over
+        VAE1IS (same count)."""
         start = start & ~(stride - 1)
         end = (end + stride - 1) & ~(stride - 1)
         pages = (end - start) >> self.page_shift
         if (not self.system_supports_tlb_range() and (end - start) >= self.max_dvm_ops * stride) or (
-            pages > MAX_TLBI_RANGE_PAGES
+            pages >= MAX_TLBI_RANGE_PAGES
         ):
             self.flush_tlb_mm(mm)
             return
