@@ -321,8 +321,8 @@ def _pti_twin_once() -> list[Patch]:
 
     orig = X86.flush_tlb_func
 
-    def flush_tlb_func(self: Any, mm: Any, full: bool, vpn: int, npages: int, twin: int) -> None:
-        orig(self, mm, full, vpn, npages, 1)  # the user-PCID twin not counted
+    def flush_tlb_func(self: Any, mm: Any, full: bool, vpns: list[int], twin: int) -> None:
+        orig(self, mm, full, vpns, 1)  # the user-PCID twin not counted
 
     return [(X86, "flush_tlb_func", flush_tlb_func)]
 

@@ -16,8 +16,9 @@ dropped, no gather flush, no folio data written, no new folio reached.  Every la
 same key gets the record applied through the folio bijection instead of running the code.
 
 What the engine knows of the kernel is limited to *where* state lives (the fields it snapshots) and
-one fact about the gather: a queued entry only matters through ``slots >= GATHER_SLOTS - 1``, so a
-record whose slots never reached that bound replays wherever the gather has as much headroom.  The
+one fact about the gather: a queued entry only matters through its active batch page filling up
+(``nr >= max - 1``, then tlb_next_batch), so a record that stayed within one batch page replays
+wherever the active batch page has as much headroom.  The
 differential tests (tests/test_fast_engine.py) run every scenario, arch and preset of the test
 matrix and random fuzz programs on both engines and compare counts and final state exactly.
 """
@@ -47,7 +48,7 @@ _PLAIN = (int, bool, str, float, type(None))
 #: Folio fields that are not part of a folio's *state* for the key: its identity and contents.
 _FOLIO_IDENTITY = ("pfn", "data")
 #: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps).
-_GATHER_APART = ("mm", "pages", "slots", "delayed_rmap")
+_GATHER_APART = ("mm", "pages", "delayed_rmap", "delayed_rmaps", "batches", "active", "batch_count")
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -538,7 +539,6 @@ class FastEngine:
         return None
 
     def _zap(self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int) -> Any:
-        from ptesim.kernel.mmu_gather import GATHER_SLOTS
         from ptesim.kernel.pgtable import PteTable
 
         mm = vma.mm
@@ -575,7 +575,9 @@ class FastEngine:
             data_before = [list(f.data) for f in folios]
             gather_before = dict(vars(tlb))
             queued_before = list(tlb.pages)
-            slots_before = tlb.slots
+            # the active batch page: a template replays only within it (no tlb_next_batch)
+            active_before, count_before = tlb.active, tlb.batch_count
+            slots_before = tlb.batches[tlb.active].nr
             flushes_before = tlb.flushes
             ret, counts = self._recorded(fn, tlb, vma, addr, end)
             n_folios = len(folios)
@@ -585,7 +587,9 @@ class FastEngine:
                 ret == end
                 and len(folios) == n_folios
                 and tlb.flushes == flushes_before
-                and tlb.slots >= slots_before
+                and tlb.active == active_before
+                and tlb.batch_count == count_before
+                and tlb.batches[tlb.active].nr >= slots_before
                 and tlb.pages[: len(queued_before)] == queued_before
                 and not tlb.delayed_rmap
                 and all(id(f) in index for f, _ in appended)
@@ -609,12 +613,13 @@ class FastEngine:
                     counts=counts,
                     ret=ret - base,
                     queued=tuple((index[id(f)], nr) for f, nr in appended),
-                    slots=tlb.slots - slots_before,
+                    slots=tlb.batches[tlb.active].nr - slots_before,
                     gather_after=self._gather_after(tlb, gather_before, base),
                 )
             self.templates[key] = tpl
             return ret
-        if not tpl.replayable or tlb.slots + tpl.slots >= GATHER_SLOTS - 1:
+        batch = tlb.batches[tlb.active]
+        if not tpl.replayable or batch.nr + tpl.slots >= batch.max - 1:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         self.stats["replayed"] += 1
@@ -627,7 +632,7 @@ class FastEngine:
         mm.rss.update(dict(tpl.rss[0]))
         mm.nr_ptes += tpl.nr_ptes[0]
         tlb.pages.extend((folios[k], nr) for k, nr in tpl.queued)
-        tlb.slots += tpl.slots
+        batch.nr += tpl.slots
         for n, (how, v) in tpl.gather_after:
             if how == "rel":
                 setattr(tlb, n, base + v)
