@@ -27,7 +27,18 @@ if TYPE_CHECKING:
     from ptesim.cost.profile import Profile
     from ptesim.workloads.scenarios import ModelSpec, ScenarioResult
 
-__all__ = ["Counts", "Price", "TraceRecord", "count", "machine", "price", "sweep", "to_bytes", "trace"]
+__all__ = [
+    "Counts",
+    "Price",
+    "TraceRecord",
+    "count",
+    "count_cell",
+    "machine",
+    "price",
+    "sweep",
+    "to_bytes",
+    "trace",
+]
 
 Size = int | str
 
@@ -201,6 +212,12 @@ def count(scenario: str = "fork-first", spec: ModelSpec | None = None, **options
     t0 = time.perf_counter()
     res = run_scenario(spec, scenario)
     return Counts.of(res, time.perf_counter() - t0)
+
+
+def count_cell(cell: tuple[str, ModelSpec]) -> Counts:
+    """:func:`count` of one ``(scenario, spec)`` cell: what a worker process or Dask worker runs."""
+    scenario, spec = cell
+    return count(scenario, spec=spec)
 
 
 @dataclass(frozen=True)

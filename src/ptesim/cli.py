@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ptesim.progress import configure
 
         configure(quiet=bool(getattr(args, "quiet", False)))
+        from ptesim import parallel
+
+        parallel.configure(scheduler=getattr(args, "scheduler", None))
         if getattr(args, "save", False):
             return _run_and_save(args, argv)
         handler: Callable[[argparse.Namespace], int | None] = args.handler

@@ -7,15 +7,23 @@ import json
 import sys
 from typing import Any
 
-from ptesim.api import Counts, count
+from ptesim.api import Counts, count, count_cell
 from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
 from ptesim.events import SCHEMA_KEYS
 from ptesim.fast.memo import ENGINES
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
 from ptesim.options import add_options, combinations, single, varying
-from ptesim.progress import progress
-from ptesim.report.tidy import KEY_COLUMNS, Column, Tidy, add_output_options, emit, record
+from ptesim.parallel import map_cells
+from ptesim.report.tidy import (
+    KEY_COLUMNS,
+    Column,
+    Tidy,
+    add_output_options,
+    add_scheduler_option,
+    emit,
+    record,
+)
 from ptesim.workloads.scenarios import SCENARIOS, ModelSpec, folio_label, run_scenario
 
 #: The shared options of the commands that build a model machine (see :mod:`ptesim.options`).
@@ -171,12 +179,14 @@ def explain_counts(a: argparse.Namespace) -> tuple[list[str], list[Counts]]:
     if a.scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {a.scenario!r}; known: {', '.join(SCENARIOS)}")
     combos = combinations(a, grow_mem=True)
-    out = []
-    for c in progress(combos, "explain", quiet=a.quiet or len(combos) < 2):
+    cells = []
+    for c in combos:
         spec = c.model_spec(placement=a.placement, checks=a.check, engine=a.engine)
         spec.config()
-        out.append(count(a.scenario, spec=spec))
-    return varying(combos), out
+        cells.append((a.scenario, spec))
+    if len(cells) == 1:
+        return varying(combos), [count(a.scenario, spec=cells[0][1])]
+    return varying(combos), map_cells(count_cell, cells, what="explain")
 
 
 def sweep_table(counts: list[Counts], keys: list[str]) -> Tidy:
@@ -314,6 +324,7 @@ def register(sub: Any) -> None:
     add_model_options(p)
     p.add_argument("--scenario", default="fork-first", help=f"one of {', '.join(SCENARIOS)}")
     add_output_options(p, plot=True, json_help="print the documented JSON object (docs/schema.md)")
+    add_scheduler_option(p)
     p.add_argument("--top", type=int_arg(0, 100_000), default=25, help="call chains to show (default 25)")
     p.add_argument("--depth", type=int_arg(1, 1000), default=6, help="frames per call chain (default 6)")
     p.set_defaults(handler=cmd_explain)

@@ -23,7 +23,7 @@ from ptesim.options import (
     single,
 )
 from ptesim.report.tables import markdown_table
-from ptesim.report.tidy import Column, Tidy, add_output_options, emit
+from ptesim.report.tidy import Column, Tidy, add_output_options, add_scheduler_option, emit
 from ptesim.units import format_size, parse_cpu_list, parse_size
 
 if TYPE_CHECKING:  # the cost model imports numpy and scipy: only the commands that price load it
@@ -987,6 +987,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--detail", action="store_true", help="with --json: add decomposition and provenance")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out refit")
+    add_scheduler_option(p)
     p.set_defaults(handler=_reproduce)
 
     priced = ("arch", "preset", "set", "cpu_features", "granule", "folio", "mapping", "mem")
@@ -1005,12 +1006,14 @@ def register(sub: Any) -> None:
         },
     )
     p.add_argument("--json", action="store_true")
+    add_scheduler_option(p)
     p.set_defaults(handler=_wis)
 
     p = add("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
     p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages, cow, mprotect or mremap")
     add_options(p, *priced, "profile", "baseline", defaults={"mem": "1G"})
     p.add_argument("--json", action="store_true")
+    add_scheduler_option(p)
     p.set_defaults(handler=_latency)
 
     p = add("calibrate", help="least-squares fit of profile parameters to published or measured tables")
@@ -1074,4 +1077,5 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--fork-mem", default="1G", help="mapping of the single-process fork")
     p.add_argument("--json", action="store_true")
+    add_scheduler_option(p)
     p.set_defaults(handler=_whatif)

@@ -21,10 +21,8 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from ptesim.errors import UsageError
 from ptesim.workloads.scenarios import ModelSpec
 
 PhaseCounts = dict[str, Counter[str]]
@@ -249,14 +247,10 @@ def result(spec: RunSpec) -> RunResult:
 
 
 def jobs_default() -> int:
-    """Worker processes for :func:`prefetch`: ``PTESIM_JOBS`` or the CPUs this process may use."""
-    env = os.environ.get("PTESIM_JOBS", "")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise UsageError(f"PTESIM_JOBS must be an integer (got {env!r})") from None
-    return max(1, len(os.sched_getaffinity(0)))
+    """Worker processes for :func:`prefetch` (:func:`ptesim.parallel.jobs_default`)."""
+    from ptesim.parallel import jobs_default as default
+
+    return default()
 
 
 def prefetch(specs: Sequence[RunSpec], jobs: int | None = None) -> None:
@@ -269,20 +263,11 @@ def prefetch(specs: Sequence[RunSpec], jobs: int | None = None) -> None:
     todo = sorted((s for s in dict.fromkeys(specs) if s not in _CACHE), key=lambda s: -s.weight)
     if not todo:
         return
-    from ptesim.progress import progress
+    from ptesim.parallel import map_cells
 
-    n = min(jobs if jobs is not None else jobs_default(), len(todo))
-    if n <= 1:
-        for s in progress(todo, "model runs"):
-            _CACHE[s] = execute(s)
-            _store(s, _CACHE[s])
-        return
-    with ProcessPoolExecutor(max_workers=n) as pool:
-        futures = {pool.submit(execute, s): s for s in todo}
-        for fut in progress(as_completed(futures), "model runs", total=len(futures)):
-            s = futures[fut]
-            _CACHE[s] = fut.result()
-            _store(s, _CACHE[s])
+    for s, res in zip(todo, map_cells(execute, todo, what="model runs", jobs=jobs), strict=True):
+        _CACHE[s] = res
+        _store(s, res)
 
 
 def clear_cache() -> None:

@@ -145,3 +145,12 @@ def emit(args: argparse.Namespace, table: Tidy, *, json_doc: Mapping[str, Any] |
         sys.stdout.write(table.csv())
     else:
         print(table.markdown())
+
+
+def add_scheduler_option(p: argparse.ArgumentParser) -> None:
+    """``--scheduler ADDRESS``: run independent cells on a Dask distributed cluster."""
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the independent cells on this Dask scheduler (tcp://host:8786) instead of local processes",
+    )
