@@ -251,6 +251,20 @@ def test_munmap_pmd_thp_entire_and_nr_pages_mapped() -> None:
     assert res.sink.totals()["mapcount"] == 2
 
 
+@pytest.mark.parametrize("preset,per_block", [("v6.11", 16 + 16), ("v6.12", 16 + 1)])
+def test_munmap_nr_pages_mapped_once_per_batch_from_v6_12(preset: str, per_block: int) -> None:
+    """__folio_remove_rmap(RMAP_LEVEL_PTE) (mm/rmap.c): up to v6.11 each of the 16 pages of a 64K
+    folio that loses its last mapping costs atomic_add_negative on _mapcount plus
+    atomic_dec_return_relaxed on _nr_pages_mapped; from v6.12 (43c9074e6f09, LKML
+    20240807115515.1640951-1) the loop only counts them and one atomic_sub_return_relaxed updates
+    _nr_pages_mapped for the batch.  _large_mapcount stays one atomic_sub per batch."""
+    res = run_scenario(ModelSpec(arch="arm64", preset=preset, folio=64 * KiB, mem=MiB, checks=True), "munmap")
+    c = res.sink.totals()
+    blocks = MiB // (64 * KiB)
+    assert c["mapcount"] == per_block * blocks
+    assert c["large_mapcount"] == blocks
+
+
 # ---- 6. arm64 ptep_get_lockless on a CONT entry ------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from ptesim.events import with_aggregates
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
 from ptesim.workloads.scenarios import ModelSpec, run_scenario
 
-MAINLINE = ["v6.9", "v6.11", "v6.15", "v6.16", "v6.17", "v6.19"]
+MAINLINE = ["v6.9", "v6.11", "v6.12", "v6.15", "v6.16", "v6.17", "v6.19"]
 KiB = 1024
 
 

@@ -62,6 +62,14 @@ class KernelConfig:
         "Large folios keep a total mapcount (_large_mapcount) updated beside per-page mapcounts.",
         "'mm: track mapcount of large folios in single value' (v6.11)",
     )
+    nr_pages_mapped_batch: bool = _flag(
+        False,
+        "__folio_add_rmap/__folio_remove_rmap(RMAP_LEVEL_PTE) sum the pages of a batch that became "
+        "first-mapped / unmapped and update _nr_pages_mapped once per batch "
+        "(atomic_add/sub_return_relaxed) instead of one atomic_inc/dec_return_relaxed per page.",
+        "David Hildenbrand, 43c9074e6f09 'mm/rmap: minimize folio->_nr_pages_mapped updates when "
+        "batching PTE (un)mapping' (LKML 20240807115515.1640951-1; v6.12)",
+    )
     no_page_mapcount: bool = _flag(
         False,
         "CONFIG_NO_PAGE_MAPCOUNT: large folios keep no per-page _mapcount, so PTE (un)mapping a batch "
@@ -364,12 +372,25 @@ _add(
     contpte=True,
     large_mapcount=True,
 )
+_add(
+    "v6.12",
+    "v6.11 + batched rmap (un)mapping updates _nr_pages_mapped once per batch of a large folio, "
+    "not once per page (43c9074e6f09, 20240807115515.1640951-1).",
+    contpte=True,
+    large_mapcount=True,
+    nr_pages_mapped_batch=True,
+)
 _V6_15: dict[str, Any] = dict(
-    contpte=True, large_mapcount=True, fpb_clamp_max_nr=True, wp_reuse_large=True, broadcast_tlb_flush=True
+    contpte=True,
+    large_mapcount=True,
+    nr_pages_mapped_batch=True,
+    fpb_clamp_max_nr=True,
+    wp_reuse_large=True,
+    broadcast_tlb_flush=True,
 )
 _add(
     "v6.15",
-    "v6.11 + MM owner tracking: a write fault reuses an exclusively owned PTE-mapped large folio "
+    "v6.12 + MM owner tracking: a write fault reuses an exclusively owned PTE-mapped large folio "
     "(20250303163014.1128035-1); folio_pte_batch clamps max_nr to the folio, no probe read past it "
     "('mm: fix folio_pte_batch() on XEN PV', approximately v6.15).  x86: INVLPGB broadcast "
     "invalidation for mms active on 4 or more CPUs (4afeb0ed1753; needs CPU feature invlpgb).",

@@ -1,4 +1,4 @@
-"""Reverse-map accounting of folios (``include/linux/rmap.h``, ``mm/rmap.c``, v6.9).
+"""Reverse-map accounting of folios (``include/linux/rmap.h``, ``mm/rmap.c``, v6.9; v6.12 batching).
 
 Each function updates mapcounts and PageAnonExclusive exactly as its kernel namesake does, and emits
 one ``mapcount`` / ``large_mapcount`` / ``anon_exclusive`` event per atomic it performs.
@@ -117,13 +117,45 @@ def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool 
 
 @kfunc
 def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
+    """__folio_add_rmap(RMAP_LEVEL_PTE): per page ``atomic_inc_and_test(&page->_mapcount)``; a page
+    of a large folio that became mapped raises ``_nr_pages_mapped`` -- per page, or once for the
+    batch (:func:`folio_add_nr_pages_mapped`)."""
     __folio_rmap_sanity_checks(folio, page, nr)
+    mm = vma.mm
+    first = 0
     for i in range(page, page + nr):
-        _page_mapcount_atomic(folio, vma.mm)
+        _page_mapcount_atomic(folio, mm)
         folio.mapcount[i] += 1
+        if folio.mapcount[i] == 1 and folio.large:
+            first += 1
+            if not mm.kernel.cfg.nr_pages_mapped_batch:
+                folio_inc_nr_pages_mapped(folio, mm)
+    if first and mm.kernel.cfg.nr_pages_mapped_batch:
+        folio_add_nr_pages_mapped(folio, mm, first)
     if vma.mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=vma.mm)
         folio.large_mapcount += nr
+
+
+def folio_inc_nr_pages_mapped(folio: Folio, mm: MmStruct) -> None:
+    """``__folio_add_rmap`` (mm/rmap.c, v6.9 - v6.11), the step after a page of a large folio gained
+    its first PTE mapping: ``atomic_inc_return_relaxed(&folio->_nr_pages_mapped)``, one atomic
+    per such page.  Counted as a ``mapcount`` atomic."""
+    emit("mapcount", mm=mm)
+
+
+def folio_add_nr_pages_mapped(folio: Folio, mm: MmStruct, first: int) -> None:
+    """``__folio_add_rmap`` after 43c9074e6f09 (v6.12, LKML 20240807115515.1640951-1): the loop only
+    sums the pages that became mapped; one ``atomic_add_return_relaxed(first,
+    &folio->_nr_pages_mapped)`` for the whole batch."""
+    emit("mapcount", mm=mm)
+
+
+def folio_sub_nr_pages_mapped(folio: Folio, mm: MmStruct, last: int) -> None:
+    """``__folio_remove_rmap`` after 43c9074e6f09 (v6.12, LKML 20240807115515.1640951-1): the loop
+    only sums the pages that lost their last mapping; one ``atomic_sub_return_relaxed(last,
+    &folio->_nr_pages_mapped)`` for the whole batch."""
+    emit("mapcount", mm=mm)
 
 
 def folio_dec_nr_pages_mapped(folio: Folio, mm: MmStruct, nr: int = 1) -> None:
@@ -138,19 +170,26 @@ def folio_dec_nr_pages_mapped(folio: Folio, mm: MmStruct, nr: int = 1) -> None:
 def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
     """__folio_remove_rmap(RMAP_LEVEL_PTE): per page, ``atomic_add_negative(-1, &page->_mapcount)``
     and, if that was the page's last mapping and the folio is large, the ``_nr_pages_mapped``
-    decrement (:func:`folio_dec_nr_pages_mapped`).  An anon page that is no longer mapped loses
+    decrement (:func:`folio_dec_nr_pages_mapped`; from v6.12 one subtraction for the batch,
+    :func:`folio_sub_nr_pages_mapped`).  An anon page that is no longer mapped loses
     AnonExclusive."""
     __folio_rmap_sanity_checks(folio, page, nr)
     mm = vma.mm
+    batch = mm.kernel.cfg.nr_pages_mapped_batch
+    last = 0
     for i in range(page, page + nr):
         _page_mapcount_atomic(folio, mm)
         folio.mapcount[i] -= 1
         if folio.mapcount[i] < 0:
             raise AssertionError(f"mapcount underflow on page {i} of {folio!r}")
         if folio.mapcount[i] == 0 and folio.large:
-            folio_dec_nr_pages_mapped(folio, mm)
+            last += 1
+            if not batch:
+                folio_dec_nr_pages_mapped(folio, mm)
         if folio.mapcount[i] == 0 and folio.entire_mapcount == 0 and folio.anon_exclusive[i]:
             folio.anon_exclusive[i] = False
+    if last and batch:
+        folio_sub_nr_pages_mapped(folio, mm, last)
     if mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=mm)
         folio.large_mapcount -= nr
