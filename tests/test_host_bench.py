@@ -191,7 +191,7 @@ def test_low_backing_is_refused(knobs_unchanged: dict[str, str]) -> None:
         (["fork", "--tlb-reasons", "bogus", "--mem", "32M"], "unknown TLB flush reason"),
         (["fork", "--cpu", "4096", "--mem", "32M"], "bad --cpu"),
         (["wis", "--cpus", "64"], "CPUs are allowed"),
-        (["fork", "--reps", "0"], "bad --reps"),
+        (["fork", "--reps", "0"], "argument --reps: 0 is out of range"),
     ],
 )
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
