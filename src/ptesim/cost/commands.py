@@ -745,14 +745,7 @@ def _whatif_op(args: argparse.Namespace) -> int:
                     "mem": parse_size(mem),
                     "rows": [
                         {
-                            "config": r.config.label,
-                            "arch": r.config.arch,
-                            "op": r.config.op,
-                            "granule": format_size(r.config.granule),
-                            "folio": format_size(r.config.folio),
-                            "cpu_features": sorted(r.config.features),
-                            "before": {"preset": r.config.before[0], "overrides": dict(r.config.before[1])},
-                            "after": {"preset": r.config.after[0], "overrides": dict(r.config.after[1])},
+                            **_config_json(r.config, op=r.config.op),
                             "profile": r.profile.name,
                             "before_ms": round(r.before_ms, 5),
                             "after_ms": round(r.after_ms, 5),
@@ -813,13 +806,7 @@ def _whatif(args: argparse.Namespace) -> int:
                     "fork_mem": parse_size(args.fork_mem),
                     "rows": [
                         {
-                            "config": r.config.label,
-                            "arch": r.config.arch,
-                            "granule": format_size(r.config.granule),
-                            "folio": format_size(r.config.folio),
-                            "cpu_features": sorted(r.config.features),
-                            "before": {"preset": r.config.before[0], "overrides": dict(r.config.before[1])},
-                            "after": {"preset": r.config.after[0], "overrides": dict(r.config.after[1])},
+                            **_config_json(r.config),
                             "profile": r.profile.name,
                             "calibrated": sorted(
                                 k for k in r.profile.parameters() if r.profile.is_calibrated(k)
@@ -1079,3 +1066,18 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     add_scheduler_option(p)
     p.set_defaults(handler=_whatif)
+
+
+def _config_json(config: Any, *, op: str | None = None) -> dict[str, Any]:
+    """The JSON fields naming one whatif configuration (both whatif forms share them, in this order)."""
+    out: dict[str, Any] = {"config": config.label, "arch": config.arch}
+    if op is not None:
+        out["op"] = op
+    out.update(
+        granule=format_size(config.granule),
+        folio=format_size(config.folio),
+        cpu_features=sorted(config.features),
+        before={"preset": config.before[0], "overrides": dict(config.before[1])},
+        after={"preset": config.after[0], "overrides": dict(config.after[1])},
+    )
+    return out
