@@ -165,6 +165,16 @@ CORPUS: list[tuple[list[str], str]] = [
     (["whatif", "--folio", "0"], "0"),
     (["whatif", "--op", "bogus"], "whatif --op"),
     (["whatif", "--op", "mremap", "--mem", "1M"], "at least 2M"),
+    (["whatif", "--arch", "vax"], "vax"),
+    (["whatif", "--json", "--csv"], "--csv"),
+    # sweeps and outputs of the cost commands
+    (["wis", "--arch", "arm64,x86", "--profile", "altra", "--mem", "2M"], "x86"),
+    (["wis", "--preset", "v6.9,v0.1"], "v0.1"),
+    (["wis", "--folio", "16K,,64K"], "empty element"),
+    (["latency", "fork", "--json", "--csv"], "--csv"),
+    (["latency", "fork", "--mem", "4M", "--plot", "/nonexistent/dir/p.png"], "p.png"),
+    (["validate", "--tables", "/nonexistent/t.csv", "--csv"], "t.csv"),
+    (["validate", "--tables", "/nonexistent/t.csv", "--cross-validate"], "t.csv"),
     # host mode: validated before touching the machine
     (["host"], "SUBCOMMAND"),
     (["host", "fork", "--sizes", "3K"], "3K"),

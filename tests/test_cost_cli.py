@@ -43,12 +43,12 @@ def test_wis_reports_first_and_steady_with_decomposition() -> None:
     )
     assert rc == 0
     doc = json.loads(text)
-    assert doc["baseline"] == "v6.9 without PTE_CONT"
-    assert [r["cpus"] for r in doc["results"]] == [1, 8]
-    for r in doc["results"]:
-        parts = r["steady_contributions"]
-        assert sum(parts[f"{c}_pp"] for c in CATEGORIES) == pytest.approx(r["steady_change_pct"], abs=0.01)
+    assert {r["baseline"] for r in doc["rows"]} == {"v6.9 without PTE_CONT"}
+    assert [r["cpus"] for r in doc["rows"]] == [1, 8]
+    for r in doc["rows"]:
+        assert sum(r[f"{c}_pp"] for c in CATEGORIES) == pytest.approx(r["steady_change_pct"], abs=0.01)
         assert r["steady_iterations_per_s"] > 0
+        assert r["mem_bytes"] == 4 << 20
     rc, text = _run(
         ["wis", "--preset", "contpte-v1-before-opt", "--baseline", "contpte-v1-base", "--mem", "2M"]
     )
@@ -74,9 +74,10 @@ def test_latency_and_predict() -> None:
         ]
     )
     assert rc == 0
-    doc = json.loads(text)
-    assert doc["ms"] > 0
-    assert sum(doc["by_category"].values()) == pytest.approx(doc["ms"], rel=1e-6)
+    (row,) = json.loads(text)["rows"]
+    assert row["time_ns"] > 0
+    parts = sum(row[f"{c}_ns"] for c in CATEGORIES)
+    assert parts == pytest.approx(row["time_ns"], rel=1e-5)
     ms = predict("fork", "x86", "x86-host", "64K", 4 << 20)
     assert ms is not None and ms > 0
     assert predict("fork", "arm64", "x86-host", "64K", 4 << 20) is None

@@ -46,3 +46,63 @@ def test_explain_sweep_csv_and_plot(capsys: pytest.CaptureFixture[str], tmp_path
     assert [int(r["folio_bytes"]) for r in rows] == [4096, 65536]
     assert int(rows[0]["folio_ref"]) > int(rows[1]["folio_ref"])
     assert png.stat().st_size > 1000
+
+
+def test_wis_sweep_rows_equal_single_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2x2 wis sweep (preset x folio) prints four rows, each equal to its own single run."""
+    base = ["wis", "--arch", "arm64", "--mem", "2M", "--cpus", "8"]
+    doc = json.loads(run(capsys, *base, "--preset", "v6.8,v6.9", "--folio", "16K,64K", "--json"))
+    assert doc["sweep"] == ["preset", "folio"]
+    assert [(r["preset"], r["folio_bytes"], r["cpus"]) for r in doc["rows"]] == [
+        ("v6.8", 16384, 8),
+        ("v6.8", 65536, 8),
+        ("v6.9", 16384, 8),
+        ("v6.9", 65536, 8),
+    ]
+    for row in doc["rows"]:
+        folio = "16K" if row["folio_bytes"] == 16384 else "64K"
+        (one,) = json.loads(run(capsys, *base, "--preset", row["preset"], "--folio", folio, "--json"))["rows"]
+        assert row == one
+    text = run(capsys, *base, "--preset", "v6.8,v6.9", "--folio", "16K,64K")
+    assert len([line for line in text.splitlines() if line.startswith("| v6.")]) == 4
+
+
+def test_cost_commands_csv_parses_and_plot_writes_png(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """wis, latency, whatif and validate print CSV with one line per row and draw a PNG."""
+    published = Path(__file__).resolve().parents[1] / "src/ptesim/cost/data/published/altra-seed.csv"
+    runs = {
+        "wis": ["wis", "--mem", "2M", "--cpus", "1,8", "--folio", "16K,64K"],
+        "latency": ["latency", "fork", "--mem", "4M", "--arch", "arm64,x86", "--baseline", "v6.8"],
+        "whatif": ["whatif", "--arch", "x86", "--cpus", "1,8", "--mem", "2M", "--fork-mem", "4M"],
+        "validate": ["validate", "--tables", str(published)],
+    }
+    expect = {"wis": 4, "latency": 2, "whatif": 2, "validate": 10}
+    for name, argv in runs.items():
+        png = tmp_path / f"{name}.png"
+        rows = list(csv.DictReader(io.StringIO(run(capsys, *argv, "--csv", "--plot", str(png)))))
+        assert len(rows) == expect[name], name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    rows = list(csv.DictReader(io.StringIO(run(capsys, *runs["latency"], "--csv"))))
+    assert {r["arch"] for r in rows} == {"arm64", "x86"}
+    assert all(float(r["time_ns"]) > 0 and float(r["change_pct"]) != 0 for r in rows)
+
+
+def test_whatif_json_units(capsys: pytest.CaptureFixture[str]) -> None:
+    """whatif --json: CPU counts are ints, sizes in *_bytes, times in *_ns, changes in *_pct."""
+    doc = json.loads(
+        run(capsys, "whatif", "--arch", "x86", "--cpus", "1,8", "--mem", "2M", "--fork-mem", "4M", "--json")
+    )
+    assert doc["rows"] and [r["cpus"] for r in doc["rows"]][:2] == [1, 8]
+    for r in doc["rows"]:
+        assert type(r["cpus"]) is int
+        assert r["mem_bytes"] == 2 << 20 and r["fork_mem_bytes"] == 4 << 20
+        assert r["fork_after_ns"] < r["fork_before_ns"]
+        assert r["fork_change_pct"] == pytest.approx(
+            100 * (r["fork_after_ns"] / r["fork_before_ns"] - 1), abs=0.01
+        )
+    op = json.loads(run(capsys, "whatif", "--op", "munmap", "--arch", "x86", "--mem", "2M,4M", "--json"))
+    assert op["sweep"] == ["mem"]
+    assert {r["mem_bytes"] for r in op["rows"]} == {2 << 20, 4 << 20}
+    assert all(isinstance(r["before_ns"], float) and "before_ms" not in r for r in op["rows"])

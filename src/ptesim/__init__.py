@@ -7,12 +7,26 @@ the model's primitives execute it; a separate cost model turns those counts into
 
 __version__ = "0.1.0"
 
-from ptesim.api import Counts, Price, TraceRecord, count, machine, price, sweep, to_bytes, trace
+from ptesim.api import (
+    Counts,
+    Price,
+    TraceRecord,
+    Validation,
+    count,
+    machine,
+    price,
+    sweep,
+    to_bytes,
+    trace,
+    validate,
+    validation,
+)
 
 __all__ = [
     "Counts",
     "Price",
     "TraceRecord",
+    "Validation",
     "__version__",
     "count",
     "machine",
@@ -20,4 +34,6 @@ __all__ = [
     "sweep",
     "to_bytes",
     "trace",
+    "validate",
+    "validation",
 ]

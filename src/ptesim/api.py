@@ -25,12 +25,14 @@ from ptesim.units import format_size, parse_size
 
 if TYPE_CHECKING:
     from ptesim.cost.profile import Profile
+    from ptesim.cost.validate import CellPrediction
     from ptesim.workloads.scenarios import ModelSpec, ScenarioResult
 
 __all__ = [
     "Counts",
     "Price",
     "TraceRecord",
+    "Validation",
     "count",
     "count_cell",
     "machine",
@@ -38,6 +40,8 @@ __all__ = [
     "sweep",
     "to_bytes",
     "trace",
+    "validate",
+    "validation",
 ]
 
 Size = int | str
@@ -323,3 +327,74 @@ def sweep(
     except ImportError:
         return rows
     return pd.DataFrame(rows).fillna(0)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Published cells priced by the model: each with its prediction, 90% interval and role."""
+
+    predictions: list[CellPrediction]
+    #: per role: cells, max |error|, interval coverage (the ``summary`` of ``validate --json``)
+    summary: dict[str, Any]
+    #: True when each cell was predicted by a refit that never saw its table
+    cross_validated: bool = False
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per cell, the ``cells`` of ``ptesim validate --json`` (docs/schema.md)."""
+        return [p.as_dict() for p in self.predictions]
+
+
+def validation(tables: Sequence[str] | None = None, *, cross_validate: bool = False) -> Validation:
+    r"""Price every cell of published tables (default: those shipped with ptesim) with the shipped
+    profiles, unrefitted; with ``cross_validate``, each machine's profile is refitted once per table
+    with that table left out (on the local process pool, or a Dask cluster: :mod:`ptesim.parallel`)
+    and predicts it.  What ``ptesim validate [--cross-validate]`` prints.
+
+    >>> import pathlib, tempfile
+    >>> table = pathlib.Path(tempfile.mkdtemp()) / "mine.csv"
+    >>> _ = table.write_text(
+    ...     "table,machine,workload,op,mem,folio,mapping,cpus,baseline,variant,metric,value,source\n"
+    ...     "mine,altra,wis-fork-exit,fork-exit,2M,64K,pte,8,contpte-v1-base,contpte-v1-before-opt,"
+    ...     "throughput_change_pct,-15.4,example\n"
+    ... )
+    >>> v = validation([str(table)])
+    >>> p = v.predictions[0]
+    >>> p.role, p.cell.cpus, p.lo <= p.predicted <= p.hi
+    ('unseen', 8, True)
+    """
+    from ptesim.cost.tables import shipped_tables
+    from ptesim.cost.validate import summary
+    from ptesim.cost.validate import validate as price_tables
+
+    paths = list(tables) if tables is not None else shipped_tables()
+    if cross_validate:
+        from ptesim.cost.tablefit import cross_validate_tables
+
+        preds = [p for fold in cross_validate_tables(paths) for p in fold.predictions]
+        return Validation(preds, summary(preds), cross_validated=True)
+    preds, summ = price_tables(paths)
+    return Validation(preds, summ)
+
+
+def validate(tables: Sequence[str] | None = None, *, cross_validate: bool = False) -> Any:
+    """The cells of :func:`validation`, one row per published cell (``table``, ``id``, ``machine``,
+    ``op``, ``cpus``, ``published``, ``predicted``, ``lo``, ``hi``, ``role`` and the same values
+    with their unit in the name): a pandas DataFrame when pandas is installed (the summary in
+    ``.attrs["summary"]``), else a list of dicts.
+
+    >>> from ptesim.cost.tables import shipped_tables
+    >>> seed = [t for t in shipped_tables() if t.endswith("altra-seed.csv")]
+    >>> df = validate(seed)
+    >>> rows = df.to_dict("records") if hasattr(df, "columns") else df
+    >>> rows[0]["id"], rows[0]["cpus"], rows[0]["published_pct"], rows[0]["role"]
+    ('seed#1', 1, -10.4, 'fitted')
+    """
+    v = validation(tables, cross_validate=cross_validate)
+    rows = v.rows()
+    try:
+        import pandas as pd
+    except ImportError:
+        return rows
+    df = pd.DataFrame(rows)
+    df.attrs["summary"] = v.summary
+    return df

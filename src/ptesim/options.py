@@ -510,6 +510,18 @@ def combinations(
     return out
 
 
+def grouped(combos: Sequence[Combination], inner: str) -> list[tuple[Combination, tuple[Any, ...]]]:
+    """Combinations that differ only in the field ``inner``, together: each group's first combination
+    and its values of ``inner`` in order (a command that computes once per group, e.g. one model run
+    priced at every CPU count)."""
+    out: dict[Combination, list[Any]] = {}
+    for c in combos:
+        out.setdefault(dataclasses.replace(c, **{inner: getattr(combos[0], inner)}), []).append(
+            getattr(c, inner)
+        )
+    return [(dataclasses.replace(k, **{inner: v[0]}), tuple(v)) for k, v in out.items()]
+
+
 def varying(combos: Sequence[Combination]) -> list[str]:
     """The sweep fields that take more than one value across ``combos`` (the table's key columns)."""
     return [f for f in SWEEP_FIELDS if len({getattr(c, f) for c in combos}) > 1]

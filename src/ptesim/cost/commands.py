@@ -16,14 +16,25 @@ from ptesim.errors import UsageError
 from ptesim.options import (
     Combination,
     add_options,
+    combinations,
     default_profile,
     given,
+    grouped,
     mapping_kwargs,
     only,
-    single,
+    varying,
 )
 from ptesim.report.tables import markdown_table
-from ptesim.report.tidy import Column, Tidy, add_output_options, add_scheduler_option, emit
+from ptesim.report.tidy import (
+    Column,
+    Tidy,
+    add_output_options,
+    add_scheduler_option,
+    emit,
+    key_columns,
+    ms_from_ns_cell,
+    size_cell,
+)
 from ptesim.units import format_size, parse_cpu_list, parse_size
 
 if TYPE_CHECKING:  # the cost model imports numpy and scipy: only the commands that price load it
@@ -211,160 +222,296 @@ def _reproduce(args: argparse.Namespace) -> int:
 # -- wis ---------------------------------------------------------------------------------------------
 
 
-def _wis(args: argparse.Namespace) -> int:
+def _published(workload: str, machine: str) -> list[Any]:
+    """The shipped published cells of ``workload`` measured on ``machine`` (plots mark them)."""
+    from ptesim.cost.tables import read_tables, shipped_tables
+
+    return [c for c in read_tables(shipped_tables()) if c.workload == workload and c.machine == machine]
+
+
+def _fixed_text(combos: list[Combination], keys: list[str]) -> str:
+    """What every row of a sweep shares, e.g. ``arm64 v6.9, 4K pages, 64K folios, 128M``."""
+    c = combos[0]
+    parts = []
+    if "arch" not in keys:
+        parts.append(c.arch)
+    if "preset" not in keys:
+        parts.append(c.preset)
+    if "granule" not in keys:
+        parts.append(f"{format_size(c.granule)} pages")
+    if "folio" not in keys:
+        parts.append(_folio_label(c.granule, c.folio, c.mapping))
+    if "mem" not in keys:
+        parts.append(format_size(c.mem))
+    return ", ".join(parts)
+
+
+def _size_keys(c: Combination) -> dict[str, Any]:
+    return {
+        "arch": c.arch,
+        "preset": c.preset,
+        "granule_bytes": c.granule,
+        "folio_bytes": c.folio,
+        "mem_bytes": c.mem,
+        "mapping": c.mapping,
+    }
+
+
+def _decomp_columns() -> list[Column]:
+    return [Column(f"{c}_pp", f"{t} pp", _pp_cell) for c, t in CATEGORY_TITLES.items()]
+
+
+def _pp_cell(v: Any) -> str:
+    return "-" if v is None else f"{v:+.1f}"
+
+
+def _pct_cell(v: Any) -> str:
+    return "-" if v is None else f"{v:+.1f}%"
+
+
+def _interval_cell(key: str) -> Callable[[Any], str]:
+    """``+12.3% (+8.1…+16.0)`` from a row's ``KEY_pct``, ``KEY_lo_pct``, ``KEY_hi_pct``."""
+
+    def show(r: Any) -> str:
+        v, lo, hi = r.get(f"{key}_pct"), r.get(f"{key}_lo_pct"), r.get(f"{key}_hi_pct")
+        if v is None:
+            return "-"
+        return f"{v:+.1f}% ({lo:+.1f}…{hi:+.1f})" if lo is not None else f"{v:+.1f}% (no fit)"
+
+    return show
+
+
+def _steady_log(var: Any, base: Any, cpus: int) -> Callable[[Profile], float]:
+    """ln of the steady throughput ratio as a function of the profile (for the interval)."""
+    from ptesim.cost.model import change
+
+    def f(p: Profile) -> float:
+        return math.log1p(change(var, base, p, cpus).change_pct / 100.0)
+
+    return f
+
+
+def wis_table(combos: list[Combination]) -> Tidy:
+    """Price will-it-scale fork-and-exit for every combination: one row per combination (the CPU
+    counts included), sizes in bytes, throughput in iterations/s, changes in percent."""
+    from ptesim.cost.intervals import log_interval
     from ptesim.cost.runs import prefetch
     from ptesim.workloads.wis import wis_rows, wis_spec, work_of
 
-    c = single(args, "wis", fields=("arch", "preset", "granule", "folio", "mem"))
-    profile, feats = _priced(c)
-    arch, preset, granule, folio, mem = c.arch, c.preset, c.granule, c.folio, c.mem
-    cpus = list(args.cpus)
-    base_preset, base_ov, base_label = _baseline(c)
-    kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
-    kw.update(mapping_kwargs(c.mapping, run_spec_type()))
-    var_spec = wis_spec(arch, preset, overrides=c.override_dict(), **kw)
-    base_spec = wis_spec(arch, base_preset, overrides=base_ov, **kw)
-    prefetch([var_spec, base_spec])
-    var_work, base_work = work_of(var_spec), work_of(base_spec)
-    rows = wis_rows(var_work, base_work, profile, cpus)
-    from ptesim.cost.intervals import format_pct, log_interval
-    from ptesim.cost.model import change
-
-    def steady_log(n: int) -> Callable[[Profile], float]:
-        return lambda p: math.log1p(change(var_work.steady, base_work.steady, p, n).change_pct / 100.0)
-
-    ivs = [log_interval(steady_log(r.cpus), profile, "throughput") for r in rows]
-    if args.json:
-        print(
-            json.dumps(
+    keys = varying(combos)
+    groups = grouped(combos, "cpus")
+    plans = []
+    for c, cpus in groups:
+        profile, feats = _priced(c)
+        base_preset, base_ov, base_label = _baseline(c)
+        kw: dict[str, Any] = {"folio": c.folio, "mem": c.mem, "granule": c.granule, "cpu_features": feats}
+        kw.update(mapping_kwargs(c.mapping, run_spec_type()))
+        var_spec = wis_spec(c.arch, c.preset, overrides=c.override_dict(), **kw)
+        base_spec = wis_spec(c.arch, base_preset, overrides=base_ov, **kw)
+        plans.append((c, cpus, profile, base_label, var_spec, base_spec))
+    prefetch([s for p in plans for s in p[4:]])
+    rows: list[dict[str, Any]] = []
+    for c, cpus, profile, base_label, var_spec, base_spec in plans:
+        var_work, base_work = work_of(var_spec), work_of(base_spec)
+        published = {
+            p.cpus: p.value
+            for p in _published("wis-fork-exit", profile.name)
+            if p.variant == c.preset
+            and p.baseline == c.baseline
+            and (p.folio, p.mem) == (c.folio, c.mem)
+            and not c.overrides
+        }
+        for r in wis_rows(var_work, base_work, profile, cpus):
+            iv = log_interval(_steady_log(var_work.steady, base_work.steady, r.cpus), profile, "throughput")
+            _, lo, hi = iv.pct()
+            rows.append(
                 {
-                    "arch": arch,
-                    "preset": preset,
+                    **_size_keys(c),
+                    "cpus": r.cpus,
                     "baseline": base_label,
                     "profile": profile.name,
-                    "folio": format_size(folio),
-                    "mapping": c.mapping,
-                    "mem": mem,
-                    "granule": format_size(granule),
-                    "results": [
-                        {
-                            "cpus": r.cpus,
-                            "first_iterations_per_s": round(r.first.variant.iterations_per_s, 3),
-                            "steady_iterations_per_s": round(r.steady.variant.iterations_per_s, 3),
-                            "baseline_steady_iterations_per_s": round(r.steady.baseline.iterations_per_s, 3),
-                            "first_change_pct": round(r.first.change_pct, 3),
-                            "steady_change_pct": round(r.steady.change_pct, 3),
-                            "steady_change_interval_pct": [round(v, 3) for v in iv.pct()[1:]]
-                            if iv.has_fit
-                            else None,
-                            "steady_contributions": _decomp_dict(r.steady),
-                        }
-                        for r, iv in zip(rows, ivs, strict=True)
-                    ],
-                },
-                indent=2,
+                    "first_iterations_per_s": round(r.first.variant.iterations_per_s, 3),
+                    "first_change_pct": round(r.first.change_pct, 3),
+                    "steady_iterations_per_s": round(r.steady.variant.iterations_per_s, 3),
+                    "baseline_steady_iterations_per_s": round(r.steady.baseline.iterations_per_s, 3),
+                    "steady_change_pct": round(r.steady.change_pct, 3),
+                    "steady_change_lo_pct": round(lo, 3) if iv.has_fit else None,
+                    "steady_change_hi_pct": round(hi, 3) if iv.has_fit else None,
+                    "published_steady_change_pct": published.get(r.cpus),
+                    **_decomp_dict(r.steady),
+                }
             )
-        )
-        return 0
-    out = [
-        [
-            str(r.cpus),
-            f"{r.first.variant.iterations_per_s:,.0f}",
-            f"{r.first.change_pct:+.1f}%",
-            f"{r.steady.variant.iterations_per_s:,.0f}",
-            format_pct(iv),
-            *_decomp_row(r.steady),
-        ]
-        for r, iv in zip(rows, ivs, strict=True)
+    cols = [
+        *key_columns(keys, always=("cpus",)),
+        Column("first_iterations_per_s", "first it/s", lambda v: f"{v:,.0f}"),
+        Column("first_change_pct", "first change", _pct_cell),
+        Column("steady_iterations_per_s", "steady it/s", lambda v: f"{v:,.0f}"),
+        Column("steady_change_pct", "steady change (90%)", show=_interval_cell("steady_change")),
+        *_decomp_columns(),
     ]
-    print(
-        f"will-it-scale fork and exit: {preset} vs {base_label}, {arch} {format_size(granule)} pages, "
-        f"{_folio_label(granule, folio, c.mapping)}, {format_size(mem)} per worker, profile {profile.name}\n"
+    c = combos[0]
+    if "preset" not in keys:
+        kernels = f"{c.preset} vs {rows[0]['baseline']}"
+    elif c.baseline in (None, "nocont"):
+        kernels = "each preset vs itself without PTE_CONT"
+    else:
+        kernels = f"each preset vs {c.baseline}"
+    fixed = _fixed_text(combos, [*keys, "preset"])
+    profiles = ", ".join(dict.fromkeys(r["profile"] for r in rows))
+    title = (
+        f"will-it-scale fork and exit: {kernels}, {fixed}{' per worker' if 'mem' not in keys else ''}, "
+        f"profile {profiles}"
     )
-    print(
-        markdown_table(
-            [
-                "cpus",
-                "first it/s",
-                "first change",
-                "steady it/s",
-                "steady change (90%)",
-                *[f"{t} pp" for t in CATEGORY_TITLES.values()],
-            ],
-            out,
+    return Tidy(cols, rows, title=title, meta={"workload": "wis-fork-exit", "sweep": keys})
+
+
+def _wis(args: argparse.Namespace) -> int:
+    table = wis_table(combinations(args))
+
+    def plot(path: str) -> None:
+        from ptesim.report.plots import sweep_plot
+
+        sweep_plot(
+            table,
+            path,
+            x="cpus",
+            y="steady_change_pct",
+            ylabel="steady-state change in iterations/s vs baseline (%)",
+            err=("steady_change_lo_pct", "steady_change_hi_pct"),
+            published="published_steady_change_pct",
         )
-    )
+
+    emit(args, table, plot=plot)
     return 0
 
 
 # -- latency ---------------------------------------------------------------------------------------
 
 
-def _latency(args: argparse.Namespace) -> int:
+def latency_table(op: str, combos: list[Combination]) -> Tidy:
+    """Price one ``op`` for every combination: one row per combination, times in nanoseconds."""
+    from ptesim.cost.intervals import log_interval
+    from ptesim.cost.runs import prefetch
     from ptesim.workloads.latency import OPS, latency_spec, latency_time
+
+    if op not in OPS:
+        raise UsageError(f"unknown operation {op!r} (expected one of {', '.join(OPS)})")
+    keys = varying(combos)
+    plans = []
+    for c in combos:
+        profile, feats = _priced(c)
+        kw: dict[str, Any] = {"folio": c.folio, "mem": c.mem, "granule": c.granule, "cpu_features": feats}
+        kw.update(mapping_kwargs(c.mapping, run_spec_type()))
+        spec = latency_spec(op, c.arch, c.preset, overrides=c.override_dict(), **kw)
+        base = None
+        if c.baseline is not None:
+            base_preset, base_ov, base_label = _baseline(c)
+            base = (latency_spec(op, c.arch, base_preset, overrides=base_ov, **kw), base_label)
+        plans.append((c, profile, spec, base))
+    prefetch([s for _, _, spec, base in plans for s in (spec, base[0] if base else None) if s is not None])
+    rows: list[dict[str, Any]] = []
+    for c, profile, spec, base in plans:
+        t = latency_time(spec, profile)
+
+        def log_ms(p: Profile, spec: Any = spec) -> float:
+            return math.log(latency_time(spec, p).cycle_ns / 1e6)
+
+        iv = log_interval(log_ms, profile, "time")
+        pub = [
+            p
+            for p in _published("latency", profile.name)
+            if p.op == op
+            and p.variant == c.preset
+            and (p.folio, p.mem, p.mapping) == (c.folio, c.mem, c.mapping)
+            and not c.overrides
+        ]
+        published = [p.value for p in pub if p.metric == "seconds"]
+        published_change = [p.value for p in pub if p.percent and p.baseline == c.baseline]
+        row: dict[str, Any] = {
+            "op": op,
+            **_size_keys(c),
+            "profile": profile.name,
+            "time_ns": round(t.cycle_ns, 1),
+            "time_lo_ns": round(math.exp(iv.lo) * 1e6, 1) if iv.has_fit else None,
+            "time_hi_ns": round(math.exp(iv.hi) * 1e6, 1) if iv.has_fit else None,
+            "published_time_ns": round(published[0] * 1e9, 1) if published else None,
+            **{f"{k}_ns": round(v, 1) for k, v in t.by_category.items()},
+        }
+        if base is not None:
+            bt = latency_time(base[0], profile)
+            row.update(
+                baseline=base[1],
+                baseline_time_ns=round(bt.cycle_ns, 1),
+                change_pct=round(100.0 * (t.cycle_ns / bt.cycle_ns - 1.0), 3),
+                published_change_pct=published_change[0] if published_change else None,
+            )
+        rows.append(row)
+    cols = [
+        *key_columns(keys),
+        Column("time_ns", "ms", ms_from_ns_cell),
+        Column("time_lo_ns", "90% low ms", ms_from_ns_cell),
+        Column("time_hi_ns", "90% high ms", ms_from_ns_cell),
+        *[
+            Column(f"{k}_ns", f"{CATEGORY_TITLES[k]} ms", ms_from_ns_cell)
+            for k in CATEGORIES
+            if any(r.get(f"{k}_ns") for r in rows)
+        ],
+    ]
+    if any("baseline" in r for r in rows):
+        cols += [
+            Column("baseline_time_ns", "baseline ms", ms_from_ns_cell),
+            Column("change_pct", "change", _pct_cell),
+        ]
+    title = (
+        f"{op}: {_fixed_text(combos, keys)}, profile {', '.join(dict.fromkeys(r['profile'] for r in rows))}"
+    )
+    return Tidy(cols, rows, title=title, meta={"op": op, "sweep": keys})
+
+
+def _latency_line(table: Tidy) -> None:
+    """The one-line form of a latency run of one combination."""
+    r = table.rows[0]
+    parts = ", ".join(
+        f"{CATEGORY_TITLES[k]} {r[f'{k}_ns'] / 1e6:.3f}" for k in CATEGORIES if r.get(f"{k}_ns")
+    )
+    mem = format_size(r["mem_bytes"])
+    folios = _folio_label(r["granule_bytes"], r["folio_bytes"], r["mapping"])
+    interval = (
+        f" (90% interval {r['time_lo_ns'] / 1e6:.3f}…{r['time_hi_ns'] / 1e6:.3f})"
+        if r["time_lo_ns"] is not None
+        else " (no fit)"
+    )
+    print(
+        f"{r['op']}: {r['arch']} {r['preset']}, {mem} of {folios} "
+        f"({format_size(r['granule_bytes'])} pages), profile {r['profile']}: {r['time_ns'] / 1e6:.3f} ms"
+        f"{interval}; {parts} ms"
+    )
+    if "baseline" in r:
+        print(
+            f"baseline {r['baseline']}: {r['baseline_time_ns'] / 1e6:.3f} ms; change {r['change_pct']:+.1f}%"
+        )
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from ptesim.workloads.latency import OPS
 
     if args.op not in OPS:
         raise UsageError(f"unknown operation {args.op!r} (expected one of {', '.join(OPS)})")
-    c = single(args, "latency", fields=("arch", "preset", "granule", "folio", "mem"))
-    profile, feats = _priced(c)
-    arch, preset, granule, folio, mem = c.arch, c.preset, c.granule, c.folio, c.mem
-    kw: dict[str, Any] = {"folio": folio, "mem": mem, "granule": granule, "cpu_features": feats}
-    kw.update(mapping_kwargs(c.mapping, run_spec_type()))
-    spec = latency_spec(args.op, arch, preset, overrides=c.override_dict(), **kw)
-    base = None
-    if c.baseline is not None:
-        base_preset, base_ov, base_label = _baseline(c)
-        base = latency_time(latency_spec(args.op, arch, base_preset, overrides=base_ov, **kw), profile)
-    t = latency_time(spec, profile)
-    from ptesim.cost.intervals import log_interval
+    table = latency_table(args.op, combinations(args))
 
-    iv = log_interval(lambda p: math.log(latency_time(spec, p).cycle_ns / 1e6), profile, "time")
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "op": args.op,
-                    "arch": arch,
-                    "preset": preset,
-                    "profile": profile.name,
-                    "folio": format_size(folio),
-                    "mapping": c.mapping,
-                    "mem": mem,
-                    "granule": format_size(granule),
-                    "ms": round(t.cycle_ns / 1e6, 6),
-                    "ms_interval": [round(math.exp(iv.lo), 6), round(math.exp(iv.hi), 6)]
-                    if iv.has_fit
-                    else None,
-                    "by_category": _time_dict(t),
-                    **(
-                        {
-                            "baseline": base_label,
-                            "baseline_ms": round(base.cycle_ns / 1e6, 6),
-                            "change_pct": round(100.0 * (t.cycle_ns / base.cycle_ns - 1.0), 3),
-                        }
-                        if base is not None
-                        else {}
-                    ),
-                },
-                indent=2,
-            )
+    def plot(path: str) -> None:
+        from ptesim.report.plots import sweep_plot
+
+        sweep_plot(
+            table,
+            path,
+            y="time_ns",
+            ylabel=f"{args.op} latency, one process (ns)",
+            err=("time_lo_ns", "time_hi_ns"),
+            published="published_time_ns",
         )
-        return 0
-    parts = ", ".join(
-        f"{CATEGORY_TITLES[k]} {t.by_category[k] / 1e6:.3f}" for k in CATEGORIES if t.by_category[k]
-    )
-    folios = _folio_label(granule, folio, c.mapping)
-    print(
-        f"{args.op}: {arch} {preset}, {format_size(mem)} of {folios} "
-        f"({format_size(granule)} pages), profile {profile.name}: {t.cycle_ns / 1e6:.3f} ms"
-        + (f" (90% interval {math.exp(iv.lo):.3f}…{math.exp(iv.hi):.3f})" if iv.has_fit else " (no fit)")
-        + f"; {parts} ms"
-    )
-    if base is not None:
-        print(
-            f"baseline {base_label}: {base.cycle_ns / 1e6:.3f} ms; "
-            f"change {100.0 * (t.cycle_ns / base.cycle_ns - 1.0):+.1f}%"
-        )
+
+    emit(args, table, text=(lambda: _latency_line(table)) if len(table.rows) == 1 else None, plot=plot)
     return 0
 
 
@@ -600,51 +747,8 @@ def _write_profiles(target: str, profiles: list[Profile]) -> None:
         print(f"wrote {dest}")
 
 
-CELL_HEADER = [
-    "cell",
-    "machine",
-    "op",
-    "folio",
-    "cpus",
-    "kernels",
-    "published",
-    "predicted (90%)",
-    "error",
-    "role",
-]
-
-
-def _cell_row(p: Any) -> list[str]:
-    c = p.cell
-    if c.percent:
-        pred = (
-            f"{p.predicted:+.1f}% ({p.lo:+.1f}…{p.hi:+.1f})" if p.interval.has_fit else f"{p.predicted:+.1f}%"
-        )
-        pub = f"{c.value:+.1f}%"
-        err = f"{p.error:+.1f}pp"
-    else:
-        pred = (
-            f"{p.predicted:.4g} s ({p.lo:.4g}…{p.hi:.4g})" if p.interval.has_fit else f"{p.predicted:.4g} s"
-        )
-        pub = f"{c.value:.4g} s"
-        err = f"{p.error:+.1f}%"
-    kernels = f"{c.variant} vs {c.baseline}" if c.baseline else c.variant
-    return [
-        c.id,
-        c.machine,
-        f"{c.op} {format_size(c.mem)}",
-        f"{format_size(c.folio)} {c.mapping}",
-        str(c.cpus),
-        kernels,
-        pub,
-        pred,
-        err,
-        p.role,
-    ]
-
-
 def _cells_table(preds: list[Any]) -> str:
-    return markdown_table(CELL_HEADER, [_cell_row(p) for p in preds])
+    return validate_table(preds).markdown()
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -730,157 +834,235 @@ def _fit_table(
 # -- whatif ------------------------------------------------------------------------------------------
 
 
+def _whatif_arches(args: argparse.Namespace) -> tuple[str, ...] | None:
+    return tuple(args.arch) if given(args, "arch") else None
+
+
+def whatif_op_table(op: str, mems: tuple[int, ...], arches: tuple[str, ...] | None = None) -> Tidy:
+    """``whatif --op``: one row per configuration and mapping size, times in nanoseconds."""
+    from ptesim.cost.whatif import calibration_label, whatif_op
+
+    rows: list[dict[str, Any]] = []
+    for mem in mems:
+        for r in whatif_op(op, mem=format_size(mem), arches=arches):
+            rows.append(
+                {
+                    **_config_json(r.config, op=r.config.op),
+                    "mem_bytes": mem,
+                    "profile": r.profile.name,
+                    "profile_values": calibration_label(r.profile),
+                    "kernels": f"{r.config.before[0]} -> {r.config.after[0]}",
+                    "before_ns": round(r.before_ms * 1e6, 1),
+                    "after_ns": round(r.after_ms * 1e6, 1),
+                    "change_pct": round(r.change_pct, 3),
+                }
+            )
+    keys = ["config", *(["mem"] if len(mems) > 1 else [])]
+    cols = [
+        Column("config"),
+        *key_columns(keys),
+        Column("folio_bytes", "folio", size_cell),
+        Column("kernels"),
+        Column("before_ns", "before ms", _ms4),
+        Column("after_ns", "after ms", _ms4),
+        Column("change_pct", "change", _pct_cell),
+        Column("profile_values", "profile values"),
+    ]
+    return Tidy(cols, rows, meta={"op": op, "sweep": keys[1:]})
+
+
+def _ms4(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.4f}"
+
+
 def _whatif_op(args: argparse.Namespace) -> int:
-    from ptesim.cost.whatif import OP_KERNELS, calibration_label, op_configs, whatif_op
+    from ptesim.cost.whatif import OP_KERNELS, op_configs
 
     op = args.op
     op_configs(op)  # validates the operation before any model run
-    mem = format_size(only(args, "mem", "whatif")) if given(args, "mem") else "64M"
-    rows = whatif_op(op, mem=mem)
-    if args.json:
+    mems = tuple(args.mem) if given(args, "mem") else (64 << 20,)
+    table = whatif_op_table(op, mems, _whatif_arches(args))
+
+    def text() -> None:
+        what = OP_KERNELS[op][0]
+        mem = ", ".join(format_size(m) for m in mems)
         print(
-            json.dumps(
-                {
-                    "op": op,
-                    "mem": parse_size(mem),
-                    "rows": [
-                        {
-                            **_config_json(r.config, op=r.config.op),
-                            "profile": r.profile.name,
-                            "before_ms": round(r.before_ms, 5),
-                            "after_ms": round(r.after_ms, 5),
-                            "change_pct": round(r.change_pct, 3),
-                        }
-                        for r in rows
-                    ],
-                },
-                indent=2,
-            )
+            f"Change in the latency of one {op} of {mem} from its batching ({what}), one process on an "
+            "idle machine, predicted by the model (negative = faster).\n"
         )
-        return 0
-    what = OP_KERNELS[op][0]
-    print(
-        f"Change in the latency of one {op} of {mem} from its batching ({what}), one process on an idle "
-        "machine, predicted by the model (negative = faster).\n"
-    )
-    table = [
-        [
-            r.config.label,
-            format_size(r.config.folio),
-            f"{r.config.before[0]} -> {r.config.after[0]}",
-            f"{r.before_ms:.4f}",
-            f"{r.after_ms:.4f}",
-            f"{r.change_pct:+.1f}%",
-            calibration_label(r.profile),
-        ]
-        for r in rows
-    ]
-    print(
-        markdown_table(
-            ["config", "folio", "kernels", "before ms", "after ms", "change", "profile values"], table
+        print(table.markdown())
+        note = " without -> with the core zap batching" if op == "munmap" else ""
+        print(
+            f"\nkernels: before -> after{note}; overrides per row in --json.  '4 threads': the process has "
+            "a thread on every CPU, the only case in which v6.15's INVLPGB policy broadcasts."
         )
-    )
-    note = " without -> with the core zap batching" if op == "munmap" else ""
-    print(
-        f"\nkernels: before -> after{note}; overrides per row in --json.  '4 threads': the process has a "
-        "thread on every CPU, the only case in which v6.15's INVLPGB policy broadcasts."
-    )
+
+    def plot(path: str) -> None:
+        from ptesim.report.plots import sweep_plot
+
+        sweep_plot(table, path, y="change_pct", ylabel=f"change in {op} latency from batching (%)")
+
+    emit(args, table, text=text, plot=plot)
     return 0
 
 
-def _whatif(args: argparse.Namespace) -> int:
-    from ptesim.cost.intervals import format_pct
+def whatif_table(
+    cpus: tuple[int, ...], mems: tuple[int, ...], fork_mem: str, arches: tuple[str, ...] | None = None
+) -> Tidy:
+    """``whatif`` (fork): one row per configuration, will-it-scale buffer and CPU count."""
     from ptesim.cost.whatif import calibration_label, whatif
 
-    if args.op != "fork":
-        return _whatif_op(args)
-    cpus = list(args.cpus)
-    mem = format_size(only(args, "mem", "whatif"))
-    rows = whatif(cpus, mem=mem, fork_mem=args.fork_mem)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "cpus": cpus,
-                    "mem": parse_size(mem),
-                    "fork_mem": parse_size(args.fork_mem),
-                    "rows": [
-                        {
-                            **_config_json(r.config),
-                            "profile": r.profile.name,
-                            "calibrated": sorted(
-                                k for k in r.profile.parameters() if r.profile.is_calibrated(k)
-                            ),
-                            "wis_change_pct": {str(c.cpus): round(c.change_pct, 3) for c in r.wis},
-                            "wis_change_interval_pct": {
-                                str(c.cpus): [round(v, 3) for v in iv.pct()[1:]]
-                                for c, iv in zip(r.wis, r.wis_intervals, strict=True)
-                            },
-                            "fork_change_pct": round(r.fork_change_pct, 3),
-                            "fork_change_interval_pct": [round(v, 3) for v in r.fork_interval.pct()[1:]]
-                            if r.fork_interval
-                            else None,
-                            "fork_before_ms": round(r.fork_before_ms, 4),
-                            "fork_after_ms": round(r.fork_after_ms, 4),
-                        }
-                        for r in rows
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    table = [
-        [
-            r.config.label,
-            format_size(r.config.folio),
-            *[format_pct(iv) for iv in r.wis_intervals],
-            format_pct(r.fork_interval) if r.fork_interval else f"{r.fork_change_pct:+.1f}%",
-            calibration_label(r.profile),
-        ]
-        for r in rows
+    rows: list[dict[str, Any]] = []
+    for mem in mems:
+        for r in whatif(list(cpus), mem=format_size(mem), fork_mem=fork_mem, arches=arches):
+            fork = r.fork_interval.pct() if r.fork_interval and r.fork_interval.has_fit else None
+            for c, iv in zip(r.wis, r.wis_intervals, strict=True):
+                _, lo, hi = iv.pct()
+                rows.append(
+                    {
+                        **_config_json(r.config),
+                        "profile": r.profile.name,
+                        "profile_values": calibration_label(r.profile),
+                        "calibrated": sorted(k for k in r.profile.parameters() if r.profile.is_calibrated(k)),
+                        "mem_bytes": mem,
+                        "cpus": c.cpus,
+                        "wis_change_pct": round(c.change_pct, 3),
+                        "wis_change_lo_pct": round(lo, 3) if iv.has_fit else None,
+                        "wis_change_hi_pct": round(hi, 3) if iv.has_fit else None,
+                        "fork_mem_bytes": parse_size(fork_mem),
+                        "fork_change_pct": round(r.fork_change_pct, 3),
+                        "fork_change_lo_pct": round(fork[1], 3) if fork else None,
+                        "fork_change_hi_pct": round(fork[2], 3) if fork else None,
+                        "fork_before_ns": round(r.fork_before_ms * 1e6, 1),
+                        "fork_after_ns": round(r.fork_after_ms * 1e6, 1),
+                    }
+                )
+    keys = ["config", *(["mem"] if len(mems) > 1 else []), "cpus"]
+    cols = [
+        Column("config"),
+        *key_columns(keys),
+        Column("folio_bytes", "folio", size_cell),
+        Column("wis_change_pct", "wis change (90%)", show=_interval_cell("wis_change")),
+        Column("fork_change_pct", f"{fork_mem} fork", show=_interval_cell("fork_change")),
+        Column("profile_values", "profile values"),
     ]
+    return Tidy(cols, rows, meta={"sweep": [k for k in keys if k != "config"]})
+
+
+def _whatif_text(table: Tidy, cpus: tuple[int, ...], mems: tuple[int, ...], fork_mem: str) -> None:
+    """The human form: one line per configuration (and buffer), a column per CPU count."""
+    by: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in table.rows:
+        by.setdefault((r["config"], r["mem_bytes"]), []).append(r)
+    wis, fork = _interval_cell("wis_change"), _interval_cell("fork_change")
+    lines = [
+        [
+            label,
+            *([format_size(mem)] if len(mems) > 1 else []),
+            format_size(rs[0]["folio_bytes"]),
+            *[wis(r) for r in rs],
+            fork(rs[0]),
+            rs[0]["profile_values"],
+        ]
+        for (label, mem), rs in by.items()
+    ]
+    mem_text = ", ".join(format_size(m) for m in mems)
     print(
         "Change from batching PTEs during fork (before -> after), predicted by the model.\n"
-        f"will-it-scale fork and exit ({mem} per worker, steady state): change in iterations/s; "
-        f"{args.fork_mem} fork: change in latency of one process's first fork (negative = faster).  "
+        f"will-it-scale fork and exit ({mem_text} per worker, steady state): change in iterations/s; "
+        f"{fork_mem} fork: change in latency of one process's first fork (negative = faster).  "
         "In brackets: the 90% interval propagated from the profile's table fit ('no fit': the "
         "profile's values are assumed, not fitted).\n"
     )
     print(
         markdown_table(
-            ["config", "folio", *[f"wis {n} cpus" for n in cpus], f"{args.fork_mem} fork", "profile values"],
-            table,
+            [
+                "config",
+                *(["mem"] if len(mems) > 1 else []),
+                "folio",
+                *[f"wis {n} cpus" for n in cpus],
+                f"{fork_mem} fork",
+                "profile values",
+            ],
+            lines,
         )
     )
     print("\nCalibrated values (all others assumed; each profile's [provenance] says why):")
-    seen: set[str] = set()
-    for r in rows:
-        if r.profile.name in seen:
-            continue
-        seen.add(r.profile.name)
-        cal = [k for k in r.profile.parameters() if r.profile.is_calibrated(k)]
-        print(f"  {r.profile.name}: {', '.join(cal) if cal else 'none'}")
+    seen: dict[str, list[str]] = {}
+    for r in table.rows:
+        seen.setdefault(r["profile"], r["calibrated"])
+    for name, cal in seen.items():
+        print(f"  {name}: {', '.join(cal) if cal else 'none'}")
     print(
         "\nbefore -> after: each preset without -> with the core fork/zap batching: arm64 v6.9 "
         "(+bbml2_aware with BBML2), riscv v6.9-svnapot, x86-64 v6.9; 'seed kernels' is the seed's "
         "contpte-v1-before-opt -> contpte-v1-after-opt.  Folios: the contiguous block size of the granule."
     )
+
+
+def _whatif(args: argparse.Namespace) -> int:
+    if args.op != "fork":
+        return _whatif_op(args)
+    cpus, mems = tuple(args.cpus), tuple(args.mem)
+    table = whatif_table(cpus, mems, args.fork_mem, _whatif_arches(args))
+
+    def plot(path: str) -> None:
+        from ptesim.report.plots import sweep_plot
+
+        sweep_plot(
+            table,
+            path,
+            x="cpus",
+            y="wis_change_pct",
+            ylabel="will-it-scale fork+exit: change in iterations/s from batching (%)",
+            err=("wis_change_lo_pct", "wis_change_hi_pct"),
+        )
+
+    emit(args, table, text=lambda: _whatif_text(table, cpus, mems, args.fork_mem), plot=plot)
     return 0
 
 
 # -- validate --------------------------------------------------------------------------------------
 
 
-def _validate(args: argparse.Namespace) -> int:
-    from ptesim.cost.validate import validate
+def validate_table(preds: list[Any]) -> Tidy:
+    """Priced published cells (:class:`ptesim.cost.validate.CellPrediction`) as a tidy table, one row
+    per cell: what ``validate`` and ``calibrate --tables`` print."""
+    cols = [
+        Column("id", "cell"),
+        Column("machine"),
+        Column("op", show=lambda r: f"{r['op']} {r['mem']}"),
+        Column("folio", show=lambda r: f"{r['folio']} {r['mapping']}"),
+        Column("cpus"),
+        Column(
+            "variant",
+            "kernels",
+            show=lambda r: f"{r['variant']} vs {r['baseline']}" if r["baseline"] else r["variant"],
+        ),
+        Column("published", show=_published_cell),
+        Column("predicted", "predicted (90%)", show=_predicted_cell),
+        Column(
+            "error",
+            show=lambda r: f"{r['error_pp']:+.1f}pp" if "error_pp" in r else f"{r['error_pct']:+.1f}%",
+        ),
+        Column("role"),
+    ]
+    return Tidy(cols, [p.as_dict() for p in preds])
 
-    preds, summ = validate(args.tables)
-    if args.json:
-        print(json.dumps({"cells": [p.as_dict() for p in preds], "summary": summ}, indent=2))
-        return 0
-    print(_cells_table(preds))
-    print()
+
+def _published_cell(r: Any) -> str:
+    return f"{r['published_pct']:+.1f}%" if "published_pct" in r else f"{r['published']:.4g} s"
+
+
+def _predicted_cell(r: Any) -> str:
+    if "predicted_pct" in r:
+        v, lo, hi = r["predicted_pct"], r["lo_pct"], r["hi_pct"]
+        return f"{v:+.1f}% ({lo:+.1f}…{hi:+.1f})" if lo != hi else f"{v:+.1f}%"
+    v, lo, hi = r["predicted"], r["lo"], r["hi"]
+    return f"{v:.4g} s ({lo:.4g}…{hi:.4g})" if lo != hi else f"{v:.4g} s"
+
+
+def _summary_lines(summ: dict[str, Any]) -> None:
     for role, s in summ.items():
         if not isinstance(s, dict):
             continue
@@ -893,6 +1075,46 @@ def _validate(args: argparse.Namespace) -> int:
         parts.append(f"changes >+100% within a factor 2: {s['big_within_factor_2']}")
         parts.append(f"changes within ±20% within 5 pp: {s['small_within_5pp']}")
         print(f"{role}: " + ", ".join(parts))
+
+
+def validation_plot(rows: list[dict[str, Any]], path: str, *, title: str = "") -> None:
+    """Published against predicted with 90% interval bars: changes (%) and times (ns) apart."""
+    from ptesim.report.plots import published_plot
+
+    panels = []
+    for unit, suffix in (("%", "_pct"), ("ns", "_ns")):
+        part = [
+            {k: r[f"{k}{suffix}"] for k in ("published", "predicted", "lo", "hi")} | {"role": r["role"]}
+            for r in rows
+            if f"published{suffix}" in r
+        ]
+        if part:
+            what = "change" if unit == "%" else "time"
+            panels.append((part, unit, f"{title}: {what}" if title else what))
+    published_plot(panels, path)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ptesim.api import validation
+
+    v = validation(args.tables, cross_validate=args.cross_validate)
+    table = validate_table(v.predictions)
+    how = "each table predicted by a refit that never saw it" if v.cross_validated else "shipped profiles"
+
+    def text() -> None:
+        if v.cross_validated:
+            print(f"Leave-one-table-out: {how}\n")
+        print(table.markdown())
+        print()
+        _summary_lines(v.summary)
+
+    emit(
+        args,
+        table,
+        json_doc={"cells": v.rows(), "summary": v.summary, "cross_validated": v.cross_validated},
+        text=text,
+        plot=lambda path: validation_plot(v.rows(), path, title=f"published vs predicted ({how})"),
+    )
     return 0
 
 
@@ -992,14 +1214,14 @@ def register(sub: Any) -> None:
             "baseline": "default nocont",
         },
     )
-    p.add_argument("--json", action="store_true")
+    add_output_options(p, plot=True)
     add_scheduler_option(p)
     p.set_defaults(handler=_wis)
 
     p = add("latency", help="single-process latency of fork/munmap/dontneed/cow from the model")
     p.add_argument("op", help="fork, munmap, dontneed, dontneed-pages, cow, mprotect or mremap")
     add_options(p, *priced, "profile", "baseline", defaults={"mem": "1G"})
-    p.add_argument("--json", action="store_true")
+    add_output_options(p, plot=True)
     add_scheduler_option(p)
     p.set_defaults(handler=_latency)
 
@@ -1041,7 +1263,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--tables", nargs="+", required=True, metavar="FILE", help="CSV tables in the published format"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--cross-validate",
+        action="store_true",
+        help="predict each table with its machine's profile refitted without that table "
+        "(the fits run on local processes, or on --scheduler's cluster)",
+    )
+    add_output_options(p, plot=True)
+    add_scheduler_option(p)
     p.set_defaults(handler=_validate)
 
     p = add("profiles", help="list the cost profiles, or show one: values, ranges and provenance")
@@ -1057,13 +1286,17 @@ def register(sub: Any) -> None:
     )
     add_options(
         p,
+        "arch",
         "cpus",
         "mem",
         defaults={"cpus": "1,8,16,32", "mem": "128M"},
-        notes={"mem": "will-it-scale buffer per worker; with --op munmap/mprotect/mremap the mapping (64M)"},
+        notes={
+            "arch": "the configurations of these architectures only",
+            "mem": "will-it-scale buffer per worker; with --op munmap/mprotect/mremap the mapping (64M)",
+        },
     )
     p.add_argument("--fork-mem", default="1G", help="mapping of the single-process fork")
-    p.add_argument("--json", action="store_true")
+    add_output_options(p, plot=True)
     add_scheduler_option(p)
     p.set_defaults(handler=_whatif)
 
@@ -1076,6 +1309,8 @@ def _config_json(config: Any, *, op: str | None = None) -> dict[str, Any]:
     out.update(
         granule=format_size(config.granule),
         folio=format_size(config.folio),
+        granule_bytes=config.granule,
+        folio_bytes=config.folio,
         cpu_features=sorted(config.features),
         before={"preset": config.before[0], "overrides": dict(config.before[1])},
         after={"preset": config.after[0], "overrides": dict(config.after[1])},

@@ -192,6 +192,58 @@ class FoldResult:
     predictions: list[CellPrediction]
 
 
+@dataclass(frozen=True)
+class _Fold:
+    """One leave-one-table-out refit: what a worker process (or Dask worker) needs to run it."""
+
+    profile: Profile
+    names: tuple[str, ...]
+    cells: tuple[PubCell, ...]
+    works: dict[str, CellWork]
+    holdout: tuple[str, ...]
+    command: str
+    table: str
+
+
+def _run_fold(f: _Fold) -> FoldResult | None:
+    """Refit without ``f.table`` and predict its cells; None when too few cells are left to fit."""
+    try:
+        fit = fit_tables(
+            f.profile, f.names, f.cells, f.works, holdout=[*f.holdout, f.table], command=f.command
+        )
+    except UsageError:
+        return None
+    part = [c for c in f.cells if c.machine == f.profile.name and c.table == f.table]
+    return FoldResult(f.table, fit, predict_cells(part, {f.profile.name: fit.profile}, f.works))
+
+
+def folds(
+    profile: Profile,
+    names: Sequence[str],
+    cells: Sequence[PubCell],
+    works: dict[str, CellWork],
+    *,
+    holdout: Sequence[str] = (),
+    command: str = "",
+) -> list[_Fold]:
+    """The leave-one-table-out refits of ``profile``'s machine (tables wholly held out are skipped)."""
+    mine = [c for c in cells if c.machine == profile.name]
+    mine_works = {c.id: works[c.id] for c in mine}
+    out = []
+    for table in dict.fromkeys(c.table for c in mine):
+        if all(is_held(c, holdout) for c in mine if c.table == table):
+            continue
+        out.append(_Fold(profile, tuple(names), tuple(mine), mine_works, tuple(holdout), command, table))
+    return out
+
+
+def run_folds(tasks: Sequence[_Fold]) -> list[FoldResult]:
+    """Every refit, on the local process pool or the Dask cluster (:mod:`ptesim.parallel`)."""
+    from ptesim.parallel import map_cells
+
+    return [r for r in map_cells(_run_fold, tasks, what="cross-validation fits") if r is not None]
+
+
 def cross_validate(
     profile: Profile,
     names: Sequence[str],
@@ -201,22 +253,9 @@ def cross_validate(
     holdout: Sequence[str] = (),
     command: str = "",
 ) -> list[FoldResult]:
-    """Leave one table out at a time: refit without it, predict its cells (role ``held-out``)."""
-    mine = [c for c in cells if c.machine == profile.name]
-    out = []
-    for table in dict.fromkeys(c.table for c in mine):
-        if is_held(mine[[c.table for c in mine].index(table)], holdout) and all(
-            is_held(c, holdout) for c in mine if c.table == table
-        ):
-            continue
-        try:
-            f = fit_tables(profile, names, cells, works, holdout=[*holdout, table], command=command)
-        except UsageError:
-            continue  # too few cells left to fit without this table
-        part = [c for c in mine if c.table == table]
-        preds = predict_cells(part, {profile.name: f.profile}, works)
-        out.append(FoldResult(table, f, preds))
-    return out
+    """Leave one table out at a time: refit without it, predict its cells (role ``held-out``).
+    The refits are independent and run in parallel (:func:`run_folds`)."""
+    return run_folds(folds(profile, names, cells, works, holdout=holdout, command=command))
 
 
 def calibrate_tables(
@@ -243,14 +282,37 @@ def calibrate_tables(
     prefetch([s for c in cells for s in cell_runs(c, profiles[c.machine]) if s is not None])
     works = {c.id: cell_work(c, profiles[c.machine]) for c in cells}
     out: dict[str, Any] = {}
+    tasks: list[_Fold] = []
     for name, prof in profiles.items():
         names = fit_names or (list(prof.fit.parameters) if prof.fit else [])
         if not names:
             raise UsageError(f"calibrate: {name}: name the parameters to fit (--fit a,b,...)")
         f = fit_tables(prof, names, cells, works, holdout=holdout or [], command=command)
         mine = [c for c in cells if c.machine == name]
-        entry: dict[str, Any] = {"fit": f, "predictions": predict_cells(mine, {name: f.profile}, works)}
+        out[name] = {"fit": f, "predictions": predict_cells(mine, {name: f.profile}, works)}
         if cross:
-            entry["folds"] = cross_validate(prof, names, cells, works, holdout=holdout or [], command=command)
-        out[name] = entry
+            out[name]["folds"] = []
+            tasks += folds(prof, names, cells, works, holdout=holdout or [], command=command)
+    # every machine's refits at once: they are independent (local pool, or --scheduler's cluster)
+    for fr in run_folds(tasks):
+        out[fr.fit.profile.name]["folds"].append(fr)
     return out
+
+
+def cross_validate_tables(paths: Sequence[str]) -> list[FoldResult]:
+    """``validate --cross-validate``: for each machine of the tables whose shipped profile was fitted,
+    refit the same parameters once per table with that table left out, and predict it."""
+    cells = read_tables(paths)
+    profiles = {m: load_profile(m) for m in dict.fromkeys(c.machine for c in cells)}
+    fitted = {m: p for m, p in profiles.items() if p.fit is not None and p.fit.parameters}
+    cells = [c for c in cells if c.machine in fitted]
+    prefetch([s for c in cells for s in cell_runs(c, fitted[c.machine]) if s is not None])
+    works = {c.id: cell_work(c, fitted[c.machine]) for c in cells}
+    tasks = [
+        t
+        for m, p in fitted.items()
+        for t in folds(
+            p, p.fit.parameters if p.fit else (), cells, works, holdout=p.fit.held_out if p.fit else ()
+        )
+    ]
+    return run_folds(tasks)

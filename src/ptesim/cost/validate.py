@@ -88,7 +88,23 @@ class CellPrediction:
             "lo": _round(self.lo, c),
             "hi": _round(self.hi, c),
             "role": self.role,
+            "mem_bytes": c.mem,
+            "folio_bytes": c.folio,
+            **self._unit_fields(),
         }
+
+    def _unit_fields(self) -> dict[str, float]:
+        """``published``, ``predicted``, ``lo``, ``hi`` and the error again, with their unit in the
+        name: ``*_pct`` (a change) and ``error_pp``, or ``*_ns`` (a time) and ``error_pct``."""
+        c = self.cell
+        vals = {"published": c.value, "predicted": self.predicted, "lo": self.lo, "hi": self.hi}
+        if c.percent:
+            out = {f"{k}_pct": round(v, 3) for k, v in vals.items()}
+            out["error_pp"] = round(self.error, 3)
+        else:
+            out = {f"{k}_ns": round(v * 1e9, 1) for k, v in vals.items()}
+            out["error_pct"] = round(self.error, 3)
+        return out
 
 
 def _round(v: float, cell: PubCell) -> float:

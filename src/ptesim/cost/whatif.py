@@ -164,10 +164,12 @@ def _fork_spec(c: Config, which: tuple[str, tuple[tuple[str, str], ...]], mem: i
     return dataclasses.replace(spec, overrides=which[1])
 
 
-def whatif(cpus: Sequence[int], *, mem: str = "128M", fork_mem: str = "1G") -> list[Row]:
-    """Run every configuration (in parallel, cached) and price it."""
+def whatif(
+    cpus: Sequence[int], *, mem: str = "128M", fork_mem: str = "1G", arches: Sequence[str] | None = None
+) -> list[Row]:
+    """Run every configuration (of ``arches``, default all; in parallel, cached) and price it."""
     m, fm = parse_size(mem, what="--mem"), parse_size(fork_mem, what="--fork-mem")
-    cfgs = configs()
+    cfgs = [c for c in configs() if arches is None or c.arch in arches]
     specs = {c.label: _specs(c, m, fm) for c in cfgs}
     prefetch([s for ss in specs.values() for s in ss])
     rows = []
@@ -271,10 +273,11 @@ def _op_spec(c: OpConfig, which: tuple[str, tuple[tuple[str, str], ...]], mem: i
     return dataclasses.replace(spec, overrides=which[1])
 
 
-def whatif_op(op: str, *, mem: str = "64M") -> list[OpRow]:
-    """Price one ``op`` over ``mem`` per configuration, before and after its batching."""
+def whatif_op(op: str, *, mem: str = "64M", arches: Sequence[str] | None = None) -> list[OpRow]:
+    """Price one ``op`` over ``mem`` per configuration (of ``arches``, default all), before and after
+    its batching."""
     m = parse_size(mem, what="--mem")
-    cfgs = op_configs(op)
+    cfgs = [c for c in op_configs(op) if arches is None or c.arch in arches]
     biggest = max(c.folio for c in cfgs)
     if m < biggest:
         least = format_size(biggest)

@@ -45,40 +45,124 @@ def seed_plot(
         plt.close(fig)
 
 
-def sweep_plot(table: Any, path: str | Path, *, y: str | None = None, ylabel: str | None = None) -> None:
-    """A sweep's tidy table as lines: the first varying size or CPU key on the x axis (log2 for sizes),
-    one line per combination of the other keys, ``y`` (default: every count column summed per row,
-    one figure line per column if few) on the y axis."""
+def sweep_plot(
+    table: Any,
+    path: str | Path,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    ylabel: str | None = None,
+    err: tuple[str, str] | None = None,
+    published: str | None = None,
+) -> None:
+    """A tidy table as lines: ``x`` (default: the first size or CPU key column; log2 for sizes) on the
+    x axis, one line per combination of the other key columns, ``y`` (default: the first few value
+    columns) on the y axis.  ``err`` names the low and high columns of an interval drawn as bars;
+    ``published`` a column of published values drawn as unjoined markers where a row has one."""
     rows = table.rows
     keys = [c.key for c in table.columns if c.key in _KEY_LABELS]
-    values = [c.key for c in table.columns if c.key not in _KEY_LABELS]
-    numeric_keys = [k for k in keys if k != "arch" and k != "preset"]
-    xkey = numeric_keys[0] if numeric_keys else None
+    values = [c.key for c in table.columns if c.key not in _KEY_LABELS and c.key not in _TEXT_COLUMNS]
+    numeric_keys = [k for k in keys if k not in ("arch", "preset", "config")]
+    xkey = x if x is not None else (numeric_keys[0] if numeric_keys else None)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ys = [y] if y else values[:6]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in keys if k != xkey), []).append(r)
+        groups.setdefault(tuple(r.get(k) for k in keys if k != xkey), []).append(r)
     for gkey, grows in groups.items():
-        glabel = ", ".join(str(v) for v in gkey)
+        glabel = ", ".join(_label(k, v) for k, v in zip([k for k in keys if k != xkey], gkey, strict=True))
         for col in ys:
-            label = ", ".join(s for s in (glabel, col if len(ys) > 1 else "") if s)
+            label = ", ".join(s for s in (glabel, col if len(ys) > 1 else "") if s) or col
             if xkey:
-                ax.plot([r[xkey] for r in grows], [r.get(col) or 0 for r in grows], "o-", label=label or col)
+                xs = [r[xkey] for r in grows]
+                vs = [r.get(col) or 0 for r in grows]
+                if err and all(r.get(err[0]) is not None for r in grows):
+                    lo = [v - r[err[0]] for v, r in zip(vs, grows, strict=True)]
+                    hi = [r[err[1]] - v for v, r in zip(vs, grows, strict=True)]
+                    line = ax.errorbar(xs, vs, yerr=[lo, hi], fmt="o-", capsize=3, label=label)
+                    color = line.lines[0].get_color()
+                else:
+                    (line2d,) = ax.plot(xs, vs, "o-", label=label)
+                    color = line2d.get_color()
+                pub = [(r[xkey], r[published]) for r in grows if published and r.get(published) is not None]
+                if pub:
+                    ax.plot(
+                        [p[0] for p in pub],
+                        [p[1] for p in pub],
+                        "s",
+                        mfc="none",
+                        color=color,
+                        markersize=8,
+                        label=f"{label} (published)",
+                    )
             else:
-                ax.bar([label or col], [grows[0].get(col) or 0])
+                ax.bar([label], [grows[0].get(col) or 0])
     if xkey:
-        ax.set_xlabel(_KEY_LABELS[xkey])
+        ax.set_xlabel(_KEY_LABELS.get(xkey, xkey))
         if xkey.endswith("_bytes"):
             ax.set_xscale("log", base=2)
     ax.set_ylabel(ylabel or (y if y else "count per run"))
     if table.title:
-        ax.set_title(table.title, fontsize=9)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(table.title.splitlines()[0], 100)), fontsize=8)
     if xkey:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, Path(path))
 
+
+def _label(key: str, value: Any) -> str:
+    if key.endswith("_bytes") and isinstance(value, int):
+        from ptesim.units import format_size
+
+        return f"{key.removesuffix('_bytes')} {format_size(value)}"
+    if key == "cpus":
+        return f"{value} CPUs"
+    return str(value)
+
+
+def published_plot(panels: Sequence[tuple[Sequence[Mapping[str, Any]], str, str]], path: str | Path) -> None:
+    """Published against predicted, one panel per ``(rows, unit, title)``: a point per cell with its
+    90% interval as a bar, coloured by role, and the diagonal where they agree.  ``rows`` have
+    ``published``, ``predicted``, ``lo``, ``hi`` (in ``unit``) and ``role``."""
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 5.5), squeeze=False)
+    colors = {"fitted": "tab:blue", "held-out": "tab:orange", "unseen": "tab:green"}
+    for ax, (rows, unit, title) in zip(axes[0], panels, strict=False):
+        for role in dict.fromkeys(r["role"] for r in rows):
+            group = [r for r in rows if r["role"] == role]
+            ax.errorbar(
+                [r["published"] for r in group],
+                [r["predicted"] for r in group],
+                yerr=[
+                    [max(r["predicted"] - r["lo"], 0.0) for r in group],
+                    [max(r["hi"] - r["predicted"], 0.0) for r in group],
+                ],
+                fmt="o",
+                capsize=2,
+                markersize=4,
+                color=colors.get(role),
+                label=f"{role} ({len(group)} cells)",
+            )
+        vals = [v for r in rows for v in (r["published"], r["predicted"])]
+        lo, hi = min(vals), max(vals)
+        ax.plot([lo, hi], [lo, hi], "-", color="grey", lw=0.8, label="predicted = published")
+        if unit == "ns":
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        elif hi - lo > 500:
+            ax.set_xscale("symlog", linthresh=20)
+            ax.set_yscale("symlog", linthresh=20)
+        ax.set_xlabel(f"published ({unit})")
+        ax.set_ylabel(f"predicted, with 90% interval ({unit})")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+#: Non-numeric value columns a plot never draws.
+_TEXT_COLUMNS = ("config", "profile", "baseline", "mapping", "op", "scenario", "description")
 
 _KEY_LABELS = {
     "arch": "arch",
@@ -87,6 +171,7 @@ _KEY_LABELS = {
     "folio_bytes": "folio size (bytes)",
     "mem_bytes": "mapping size (bytes)",
     "cpus": "CPUs",
+    "config": "configuration",
 }
 
 

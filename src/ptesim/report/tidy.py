@@ -51,10 +51,15 @@ class Column:
     key: str
     title: str = ""
     fmt: Callable[[Any], str] = _plain
+    #: A cell drawn from the whole row (e.g. a value with its interval); overrides ``fmt``.
+    show: Callable[[Mapping[str, Any]], str] | None = None
 
     @property
     def heading(self) -> str:
         return self.title or self.key
+
+    def cell(self, row: Mapping[str, Any]) -> str:
+        return self.show(row) if self.show is not None else self.fmt(row.get(self.key))
 
 
 def size_column(name: str) -> Column:
@@ -71,6 +76,11 @@ KEY_COLUMNS: dict[str, Column] = {
     "mem": size_column("mem"),
     "cpus": Column("cpus", "cpus", str),
 }
+
+
+def key_columns(varying: Sequence[str], *, always: Sequence[str] = ()) -> list[Column]:
+    """The key columns of a sweep's table: the options that vary (and ``always``), in option order."""
+    return [col for name, col in KEY_COLUMNS.items() if name in varying or name in always]
 
 
 def key_values(combo: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -92,7 +102,7 @@ class Tidy:
     def markdown(self) -> str:
         body = markdown_table(
             [c.heading for c in self.columns],
-            [[c.fmt(r.get(c.key)) for c in self.columns] for r in self.rows],
+            [[c.cell(r) for c in self.columns] for r in self.rows],
         )
         parts = [self.title, "", body] if self.title else [body]
         if self.notes:
@@ -101,7 +111,7 @@ class Tidy:
 
     def csv(self) -> str:
         """Every scalar field of every row (the shown columns first), so that a CSV stands alone."""
-        keys = [c.key for c in self.columns]
+        keys = self.data_columns()
         for r in self.rows:
             keys += [k for k, v in r.items() if k not in keys and not isinstance(v, dict | list)]
         out = io.StringIO()
@@ -111,8 +121,12 @@ class Tidy:
             w.writerow(["" if r.get(k) is None else r.get(k) for k in keys])
         return out.getvalue()
 
+    def data_columns(self) -> list[str]:
+        """The keys of the shown columns that rows hold (a column may be drawn from other fields)."""
+        return [c.key for c in self.columns if any(c.key in r for r in self.rows)]
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.meta, "columns": [c.key for c in self.columns], "rows": self.rows}
+        return {**self.meta, "columns": self.data_columns(), "rows": self.rows}
 
 
 def add_output_options(p: argparse.ArgumentParser, *, plot: bool = False, json_help: str = "") -> None:
@@ -134,17 +148,30 @@ def record(args: argparse.Namespace, doc: Any) -> None:
     setattr(args, RESULT_ATTR, doc)
 
 
-def emit(args: argparse.Namespace, table: Tidy, *, json_doc: Mapping[str, Any] | None = None) -> None:
-    """Print ``table`` as ``--json`` (``json_doc`` when given), ``--csv``, or markdown; and record the
-    JSON document for ``--save``."""
+def emit(
+    args: argparse.Namespace,
+    table: Tidy,
+    *,
+    json_doc: Mapping[str, Any] | None = None,
+    text: Callable[[], None] | None = None,
+    plot: Callable[[str], None] | None = None,
+) -> None:
+    """Print ``table`` as ``--json`` (``json_doc`` when given), ``--csv``, or as text (``text()`` when
+    given, else markdown); draw ``plot(FILE)`` for ``--plot FILE``; and record the JSON document for
+    ``--save``.  The one output path of every command that prints a table."""
     record(args, json_doc if json_doc is not None else table.to_json())
     if getattr(args, "json", False):
         json.dump(json_doc if json_doc is not None else table.to_json(), sys.stdout, indent=2)
         print()
     elif getattr(args, "csv", False):
         sys.stdout.write(table.csv())
+    elif text is not None:
+        text()
     else:
         print(table.markdown())
+    path = getattr(args, "plot", None)
+    if path and plot is not None:
+        plot(path)
 
 
 def add_scheduler_option(p: argparse.ArgumentParser) -> None:
