@@ -56,7 +56,7 @@ FREE = {
     ],
     "xeon-4210r": [
         "local_ns.pte_read",
-        "local_ns.pte_bitop",
+        "local_ns.pte_cmpxchg",
         "local_ns.mapcount",
         "local_ns.folio_ref",
         "process_ns.fork",
