@@ -71,13 +71,33 @@ def params() -> list[object]:
     ]
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One results store for the whole tour, so that its --save lines feed its runs and compare."""
+    return tmp_path_factory.mktemp("store") / "runs.sqlite"
+
+
 @pytest.mark.parametrize("line", params())
 def test_tour_command_runs(
-    line: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    line: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Path,
 ) -> None:
-    """The command exits 0 and prints something (fuzz and mutants: the clean model passes)."""
+    """The command exits 0 and prints something (fuzz and mutants: the clean model passes).
+    Plots are written to a temporary directory; ``compare`` finds the two runs it needs."""
     monkeypatch.chdir(README.parent)
+    monkeypatch.setenv("PTESIM_DB", str(store))
     argv = shrink(shlex.split(line)[1:])
+    if "--plot" in argv:
+        i = argv.index("--plot") + 1
+        argv[i] = str(tmp_path / Path(argv[i]).name)
+    if argv[0] in ("runs", "compare"):  # the tour's two --save lines, when run on their own
+        from ptesim import store as results
+
+        for preset in ("v6.8", "v6.9")[len(results.list_runs()) if store.exists() else 0 :]:
+            assert main(["explain", "--arch", "x86", "--preset", preset, "--mem", "1M", "--save"]) == 0
     rc = main(argv)
     out, err = capsys.readouterr()
     assert rc == 0, (argv, err)

@@ -106,3 +106,29 @@ def test_whatif_json_units(capsys: pytest.CaptureFixture[str]) -> None:
     assert op["sweep"] == ["mem"]
     assert {r["mem_bytes"] for r in op["rows"]} == {2 << 20, 4 << 20}
     assert all(isinstance(r["before_ns"], float) and "before_ms" not in r for r in op["rows"])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "argv,label",
+    [
+        (["fuzz", "--arch", "x86", "--examples", "3"], "fuzz x86"),
+        (["mutants", "--only", "fold-drops-dirty", "--budget", "5"], "mutants"),
+        (["explain", "--arch", "x86", "--folio", "4K,64K", "--mem", "256K"], "explain"),
+    ],
+)
+def test_progress_bar_on_a_terminal_only(
+    argv: list[str], label: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Campaigns and sweeps draw a bar on stderr when it is a terminal, and none with -q."""
+    monkeypatch.setenv("PTESIM_JOBS", "1")
+    for quiet in (False, True):
+        err = _Terminal()
+        monkeypatch.setattr("sys.stderr", err)
+        main([*argv, *(["-q"] if quiet else [])])
+        capsys.readouterr()
+        assert (label in err.getvalue()) is not quiet, err.getvalue()

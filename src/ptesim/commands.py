@@ -303,6 +303,13 @@ def cmd_trace(a: argparse.Namespace) -> int:
     # the trace is kept from the start of the run; show only the scenario's own operation
     total = sum(res.sink.totals().values())
     shown = recs[-total:] if total and total <= len(recs) else recs
+    if a.csv:
+        table = Tidy(
+            [Column("seq"), Column("prim"), Column("phase"), Column("stack")],
+            [{"seq": r.seq, "prim": r.prim, "phase": r.phase, "stack": " <- ".join(r.stack)} for r in shown],
+        )
+        emit(a, table)
+        return 0
     for r in shown:
         print(f"{r.seq:7d}  {r.phase:<12} {r.prim:<18} {_stack_str(r.stack, a.depth)}")
     if len(recs) >= a.limit:
@@ -336,5 +343,7 @@ def register(sub: Any) -> None:
         "--limit", type=int_arg(1, 10_000_000), default=200000, help="records kept (default 200000)"
     )
     p.add_argument("--depth", type=int_arg(1, 1000), default=8)
-    p.add_argument("--json", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print every record (docs/schema.md)")
+    g.add_argument("--csv", action="store_true", help="print seq,prim,phase,stack (outermost first)")
     p.set_defaults(handler=cmd_trace)

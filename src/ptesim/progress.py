@@ -8,7 +8,8 @@ is drawn.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -52,3 +53,33 @@ def progress(
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextmanager
+def bar(description: str, total: int | None, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """A bar for work that reports its own steps: ``with bar("fuzz", n) as advance: ... advance(1)``.
+    Without a terminal (or with ``-q``) ``advance`` does nothing."""
+    if not enabled(quiet):
+
+        def nothing(n: int = 1) -> None:
+            return None
+
+        yield nothing
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as p:
+        task = p.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            p.advance(task, n)
+
+        yield advance

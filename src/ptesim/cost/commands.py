@@ -127,6 +127,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         from ptesim.report.plots import seed_plot
 
         seed_plot(rep.rows, Path(args.plot), rep.curves)
+    if args.csv:
+        emit(args, Tidy([Column(k) for k in rep.rows[0]], list(rep.rows)))
+        return 0
     if args.json:
         out: dict[str, Any] = {
             "rows": rep.rows,
@@ -1193,7 +1196,9 @@ def register(sub: Any) -> None:
         p, "profile", "mem", defaults={"mem": "128M"}, notes={"mem": "buffer per worker, as published"}
     )
     p.add_argument("--plot", metavar="PNG", help="plot published points and model curves")
-    p.add_argument("--json", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print the rows, errors and parameters (cost.md §5)")
+    g.add_argument("--csv", action="store_true", help="print the rows: published and model, per CPU count")
     p.add_argument("--detail", action="store_true", help="with --json: add decomposition and provenance")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out refit")
     add_scheduler_option(p)

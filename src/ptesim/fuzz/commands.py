@@ -14,6 +14,7 @@ from ptesim.errors import UsageError
 from ptesim.fuzz.program import Program, Target
 from ptesim.kernel.config import PRESETS
 from ptesim.options import add_options, single
+from ptesim.report.tidy import add_scheduler_option
 
 if TYPE_CHECKING:
     from ptesim.fuzz.machine import FuzzResult
@@ -69,7 +70,12 @@ def cmd_fuzz(a: argparse.Namespace) -> int:
             raise UsageError(f"unknown --diff preset {a.diff!r}; known: {', '.join(PRESETS)}")
         if a.mutant is not None:
             raise UsageError("--diff and --mutant contradict: a differential run compares two clean kernels")
-    res = fuzz(target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
+    from ptesim.progress import bar
+
+    with bar(f"fuzz {target.label()}", examples, quiet=a.quiet) as advance:
+        res = fuzz(
+            target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff, on_example=advance
+        )
     if a.save_program and res.violation:
         Path(a.save_program).write_text(res.violation.program.dumps() + "\n")
     if a.json:
@@ -135,8 +141,50 @@ def _replay(a: argparse.Namespace) -> int:
     return 1 if check else 0
 
 
-def cmd_mutants(a: argparse.Namespace) -> int:
+def _hunt(task: tuple[str, int, int, bool]) -> dict[str, Any]:
+    """One mutant's campaign (a worker process runs it): a count property for a count bug, else the
+    fuzzer on the mutated model until the first violation or the budget."""
     from ptesim.fuzz.machine import fuzz
+    from ptesim.mutants import MUTANTS
+
+    n, budget, seed, shrink = task
+    m = MUTANTS[n]
+    row: dict[str, Any] = {
+        "name": n,
+        "description": m.description,
+        "kind": m.kind,
+        "target": m.target.label(),
+    }
+    if m.count_only and m.detect is not None:
+        with m.applied():
+            found = m.detect()
+        return {
+            **row,
+            "caught": found is not None,
+            "check": "count property" if found else None,
+            "steps": None,
+            "programs": 0,
+        }
+    res = fuzz(m.hunt_target(), budget, seed=seed, shrink=shrink)
+    v = res.violation
+    return {
+        **row,
+        "caught": v is not None,
+        "check": v.check if v else None,
+        "steps": len(v.program.steps) if v else None,
+        "programs": res.first_failure_example if v else res.examples,
+    }
+
+
+def _clean_run(task: tuple[Any, int, int]) -> Any:
+    """The clean model's campaign on one target, with the mutants' budget and seed."""
+    from ptesim.fuzz.machine import fuzz
+
+    target, budget, seed = task
+    return fuzz(target, budget, seed=seed, shrink=False)
+
+
+def cmd_mutants(a: argparse.Namespace) -> int:
     from ptesim.mutants import MUTANTS, mutant
 
     budget = _int(a.budget, "--budget", 1, 100_000)
@@ -147,46 +195,20 @@ def cmd_mutants(a: argparse.Namespace) -> int:
             m = MUTANTS[n]
             print(f"{n:28s} {m.kind:10s} {m.target.label():30s} {m.description}")
         return 0
-    rows: list[dict[str, Any]] = []
-    for n in names:
-        m = MUTANTS[n]
-        if m.count_only and m.detect is not None:  # a count bug: a count property, not the fuzzer
-            with m.applied():
-                found = m.detect()
-            rows.append(
-                {
-                    "name": n,
-                    "description": m.description,
-                    "kind": m.kind,
-                    "target": m.target.label(),
-                    "caught": found is not None,
-                    "check": "count property" if found else None,
-                    "steps": None,
-                    "programs": 0,
-                }
-            )
-            if not a.json and not a.quiet:
-                print(f"  {n}: {'caught by a count property' if found else 'not caught'}", file=sys.stderr)
-            continue
-        res = fuzz(m.hunt_target(), budget, seed=seed, shrink=not a.no_shrink)
-        v = res.violation
-        rows.append(
-            {
-                "name": n,
-                "description": m.description,
-                "kind": m.kind,
-                "target": m.target.label(),
-                "caught": v is not None,
-                "check": v.check if v else None,
-                "steps": len(v.program.steps) if v else None,
-                "programs": res.first_failure_example if v else res.examples,
-            }
-        )
-        if not a.json and not a.quiet:
-            print(f"  {n}: {'caught by ' + v.check if v else 'not caught'}", file=sys.stderr)
+    from ptesim.parallel import map_cells
+
+    # Every mutant's hunt, and the clean model's run on each target, is an independent campaign:
+    # they run on the local process pool (or the --scheduler cluster), one bar for all of them.
+    rows = map_cells(_hunt, [(n, budget, seed, not a.no_shrink) for n in names], what="mutants")
+    if not a.json and not a.quiet:
+        for r in rows:
+            how = "a count property" if r["check"] == "count property" else r["check"]
+            print(f"  {r['name']}: {'caught by ' + how if r['caught'] else 'not caught'}", file=sys.stderr)
+    targets = sorted({MUTANTS[n].target for n in names if not MUTANTS[n].count_only}, key=lambda t: t.label())
     clean: dict[str, bool] = {}
-    for t in {MUTANTS[n].target for n in names if not MUTANTS[n].count_only}:
-        res = fuzz(t, budget, seed=seed, shrink=False)
+    for t, res in zip(
+        targets, map_cells(_clean_run, [(t, budget, seed) for t in targets], what="clean model"), strict=True
+    ):
         clean[t.label()] = res.violation is None
         if res.violation and not a.json:
             print(f"clean model fails on {t.label()}:", file=sys.stderr)
@@ -198,6 +220,10 @@ def cmd_mutants(a: argparse.Namespace) -> int:
                 {"budget": budget, "clean_passed": clean_passed, "clean": clean, "mutants": rows}, indent=2
             )
         )
+    elif a.csv:
+        from ptesim.report.tidy import Column, Tidy, emit
+
+        emit(a, Tidy([Column(k) for k in rows[0]], rows))
     else:
         from ptesim.report.tables import markdown_table
 
@@ -232,6 +258,7 @@ def register(sub: Any) -> None:
     p.add_argument("--save-program", metavar="FILE", help="write the minimal failing program (JSON) to FILE")
     p.add_argument("--replay", metavar="FILE", help="replay a saved program instead of fuzzing")
     p.add_argument("--json", action="store_true", help='print {"examples", "violations": [...]}')
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=cmd_fuzz)
 
     p = sub.add_parser("mutants", help="hunt every deliberately broken variant with the fuzzer")
@@ -242,6 +269,9 @@ def register(sub: Any) -> None:
     p.add_argument("--only", default=None, help="comma-separated mutant names")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--no-shrink", action="store_true", help="count steps of the first failing program")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print the documented JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines on stderr")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print the documented JSON object")
+    g.add_argument("--csv", action="store_true", help="print one line per mutant")
+    add_scheduler_option(p)
     p.set_defaults(handler=cmd_mutants)

@@ -9,6 +9,7 @@ fails, Hypothesis shrinks the program, and the last machine it ran holds the min
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 class _Holder:
-    def __init__(self) -> None:
+    def __init__(self, on_example: Callable[[int], None] | None = None) -> None:
+        self.on_example = on_example
         self.machines = 0
         self.last: Runner | DiffRunner | None = None
         self.first_failure: int | None = None
@@ -110,6 +112,8 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
         def __init__(self) -> None:
             super().__init__()
             holder.machines += 1
+            if holder.on_example is not None:
+                holder.on_example(1)
             if diff is None:
                 self.r: Runner | DiffRunner = Runner(target)
                 first = self.r
@@ -402,10 +406,12 @@ def fuzz(
     steps: int = 25,
     shrink: bool = True,
     diff: str | None = None,
+    on_example: Callable[[int], None] | None = None,
 ) -> FuzzResult:
     """Run up to ``examples`` random programs on ``target``; stop at the first violation and
-    return it with its minimal program.  ``seed=None`` draws a fresh seed."""
-    holder = _Holder()
+    return it with its minimal program.  ``seed=None`` draws a fresh seed.  ``on_example(1)`` is
+    called as each program starts (a progress bar's advance)."""
+    holder = _Holder(on_example)
     machine = make_machine(target, holder, diff)
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     cfg = settings(

@@ -41,6 +41,7 @@ from ptesim.host.sysfs import (
     settings_for_size,
     size_dir_name,
 )
+from ptesim.progress import progress
 from ptesim.units import format_size, parse_size
 
 OPS: tuple[str, ...] = ("fork", "munmap", "dontneed", "cow")
@@ -271,7 +272,7 @@ def measure(p: Plan, session: HostSession, notify: Notify | None = None) -> dict
         tracing.tlb_trace(session) if p.trace else contextlib.nullcontext(None)
     )
     with trace_cm as tr:
-        for size in p.sizes:
+        for size in progress(p.sizes, f"host {p.op}"):
             name = format_size(size)
             notify(f"{p.op} {name}: {p.warmup} warm-up + {p.reps} timed on CPU {p.cpu}")
             spec = {
@@ -434,7 +435,7 @@ def measure_wis(p: WisPlan, session: HostSession, notify: Notify | None = None) 
         session.push(settings_for_size(sysfs, p.size, page_size(), p.mode))
     try:
         with trace_cm as tr:
-            for n in p.cpus:
+            for n in progress(p.cpus, "host wis"):
                 notify(f"wis {format_size(p.size)}: {n} worker(s) for {p.duration:g}s")
                 spec = {
                     "op": "wis",
