@@ -214,3 +214,52 @@ def test_log_scale_round_trips(tmp_path: Path) -> None:
     for c, v in zip(read_tables([str(path)]), (3654.4, -67.9), strict=True):
         assert from_log(c, published_log(c)) == pytest.approx(v)
         assert math.isfinite(published_log(c))
+
+
+def test_cross_validation_refits_run_on_the_pool_and_on_dask(
+    made_table: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leave-one-table-out refits are independent cells: one process, two worker processes and
+    a Dask LocalCluster give the same folds."""
+    from ptesim import parallel
+
+    argv = ["calibrate", "--tables", made_table, "--profile", "altra", "--fit", ",".join(TRUTH)]
+    argv += ["--cross-validate", "--json"]
+    docs = []
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("PTESIM_JOBS", jobs)
+        assert main(argv) == 0
+        docs.append(json.loads(capsys.readouterr().out)["altra"]["cross_validation"])
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        try:
+            assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+        finally:
+            parallel.configure(scheduler=None)
+    docs.append(json.loads(capsys.readouterr().out)["altra"]["cross_validation"])
+    assert len(docs[0]) == 3 and docs[0] == docs[1] == docs[2]
+
+
+def test_validate_cross_validate_predicts_each_table_with_a_refit_that_never_saw_it(
+    made_table: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate --cross-validate refits the parameters the machine's profile was fitted on, once per
+    table without it; here altra's fit is narrowed to the two parameters the table determines."""
+    import dataclasses
+
+    import ptesim.cost.tablefit as tablefit
+
+    altra = load_profile("altra")
+    assert altra.fit is not None
+    narrowed = dataclasses.replace(altra, fit=dataclasses.replace(altra.fit, parameters=tuple(TRUTH)))
+    monkeypatch.setattr(tablefit, "load_profile", lambda name: narrowed)
+    assert main(["validate", "--tables", made_table, "--cross-validate", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cross_validated"] is True
+    assert sorted({c["table"] for c in doc["cells"]}) == ["abs-c", "fork-a", "zap-b"]
+    assert {c["role"] for c in doc["cells"]} == {"held-out"}
+    for c in doc["cells"]:
+        tol = 0.05 if c["metric"] != "seconds" else 1e-3 * c["published"]
+        assert c["predicted"] == pytest.approx(c["published"], abs=tol)

@@ -1262,6 +1262,7 @@ def register(sub: Any) -> None:
         "--write", metavar="TOML", help="write the fitted profile (with --tables: a directory or FILE.toml)"
     )
     p.add_argument("--json", action="store_true")
+    add_scheduler_option(p)
     p.set_defaults(handler=_calibrate)
 
     p = add("validate", help="price every cell of published tables with the shipped profiles, unrefitted")
