@@ -132,3 +132,25 @@ def test_progress_bar_on_a_terminal_only(
         main([*argv, *(["-q"] if quiet else [])])
         capsys.readouterr()
         assert (label in err.getvalue()) is not quiet, err.getvalue()
+
+
+def test_long_fuzz_campaign_runs_in_cells_with_the_same_answer_on_any_worker_count(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fuzz --examples above a cell's size runs independent cells; one worker or two, the programs
+    run and the violation found (the first cell's, in seed order) are the same."""
+    import ptesim.fuzz.commands as fuzz_commands
+
+    monkeypatch.setattr(fuzz_commands, "CAMPAIGN_CELL", 4)
+    out = {}
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("PTESIM_JOBS", jobs)
+        for argv in (["--arch", "x86"], ["--mutant", "fold-drops-dirty"]):
+            rc = main(["fuzz", *argv, "--examples", "10", "--json", "--no-shrink"])
+            doc = json.loads(capsys.readouterr().out)
+            doc.pop("seconds")
+            out[jobs, argv[1]] = (rc, doc)
+    assert out["1", "x86"] == out["2", "x86"] and out["1", "x86"][0] == 0
+    assert out["1", "x86"][1]["examples"] == 10
+    assert out["1", "fold-drops-dirty"] == out["2", "fold-drops-dirty"]
+    assert out["1", "fold-drops-dirty"][0] == 1 and out["1", "fold-drops-dirty"][1]["violations"]

@@ -56,9 +56,57 @@ def _print_violation(res: FuzzResult) -> None:
     print(v.program.python())
 
 
-def cmd_fuzz(a: argparse.Namespace) -> int:
+#: Programs per cell of a long campaign: ``fuzz --examples N`` above this runs ceil(N / CELL)
+#: independent campaigns (seeds SEED, SEED+1, ...) on the local process pool or a Dask cluster.
+CAMPAIGN_CELL = 250
+
+
+def _campaign_cell(task: tuple[Target, int, int | None, int, bool, str | None]) -> FuzzResult:
     from ptesim.fuzz.machine import fuzz
 
+    target, n, seed, steps, shrink, diff = task
+    return fuzz(target, n, seed=seed, steps=steps, shrink=shrink, diff=diff)
+
+
+def campaign(
+    target: Target, examples: int, *, seed: int | None, steps: int, shrink: bool, diff: str | None
+) -> FuzzResult:
+    """``examples`` random programs on ``target``: one campaign in this process up to
+    :data:`CAMPAIGN_CELL` programs (a bar counts the programs), else independent cells of that
+    many in parallel (a bar counts the cells).  The violation reported is the first cell's, in
+    seed order, so that a seed gives the same answer on any number of workers."""
+    import time
+
+    from ptesim.fuzz.machine import FuzzResult, fuzz
+    from ptesim.parallel import map_cells
+    from ptesim.progress import bar
+
+    if examples <= CAMPAIGN_CELL:
+        with bar(f"fuzz {target.label()}", examples) as advance:
+            return fuzz(
+                target, examples, seed=seed, steps=steps, shrink=shrink, diff=diff, on_example=advance
+            )
+    sizes = [CAMPAIGN_CELL] * (examples // CAMPAIGN_CELL) + [examples % CAMPAIGN_CELL] * bool(
+        examples % CAMPAIGN_CELL
+    )
+    tasks = [
+        (target, n, None if seed is None else (seed + i) % 2**32, steps, shrink, diff)
+        for i, n in enumerate(sizes)
+    ]
+    t0 = time.perf_counter()
+    results = map_cells(
+        _campaign_cell, tasks, what=f"fuzz {target.label()} ({CAMPAIGN_CELL} programs a cell)"
+    )
+    done = 0
+    for r in results:
+        if r.violation is not None:
+            first = done + (r.first_failure_example or r.examples)
+            return FuzzResult(target, first, time.perf_counter() - t0, r.violation, first, diff)
+        done += r.examples
+    return FuzzResult(target, done, time.perf_counter() - t0, None, None, diff)
+
+
+def cmd_fuzz(a: argparse.Namespace) -> int:
     if a.replay is not None:
         return _replay(a)
     target = target_from_args(a)
@@ -70,12 +118,7 @@ def cmd_fuzz(a: argparse.Namespace) -> int:
             raise UsageError(f"unknown --diff preset {a.diff!r}; known: {', '.join(PRESETS)}")
         if a.mutant is not None:
             raise UsageError("--diff and --mutant contradict: a differential run compares two clean kernels")
-    from ptesim.progress import bar
-
-    with bar(f"fuzz {target.label()}", examples, quiet=a.quiet) as advance:
-        res = fuzz(
-            target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff, on_example=advance
-        )
+    res = campaign(target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
     if a.save_program and res.violation:
         Path(a.save_program).write_text(res.violation.program.dumps() + "\n")
     if a.json:
