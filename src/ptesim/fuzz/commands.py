@@ -302,6 +302,7 @@ def register(sub: Any) -> None:
     p.add_argument("--replay", metavar="FILE", help="replay a saved program instead of fuzzing")
     p.add_argument("--json", action="store_true", help='print {"examples", "violations": [...]}')
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")
+    add_scheduler_option(p)
     p.set_defaults(handler=cmd_fuzz)
 
     p = sub.add_parser("mutants", help="hunt every deliberately broken variant with the fuzzer")
