@@ -55,3 +55,23 @@ def test_unknown_run_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
     """A run id that is not in the store: one line, exit 2."""
     assert main(["compare", "1", "7"]) == 2
     assert "ptesim: error:" in capsys.readouterr().err
+
+
+def test_compare_two_kernels_tables_matches_rows_without_the_preset(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two wis runs of two kernels: rows are matched by everything but the preset, and each
+    cell is the difference between the kernels."""
+    for preset in ("v6.8", "v6.9"):
+        argv = ["wis", "--preset", preset, "--mem", "2M", "--cpus", "1,8", "--save"]
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["compare", "-2", "-1", "--json"]) == 0
+    rows = {r["cell"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    cell = "rows[arch=arm64,granule_bytes=4096,folio_bytes=65536,mem_bytes=2097152,cpus=8].steady_iterations_per_s"
+    assert (
+        rows[cell]["a"]
+        and rows[cell]["b"]
+        and rows[cell]["delta"] == pytest.approx(rows[cell]["b"] - rows[cell]["a"])
+    )
+    assert not any("preset=" in c for c in rows)

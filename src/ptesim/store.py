@@ -225,17 +225,45 @@ ROW_KEYS = (
 )
 
 
-def _row_label(d: Mapping[str, Any]) -> str:
+def _row_label(d: Mapping[str, Any], drop: frozenset[str] = frozenset()) -> str:
     if isinstance(d.get("stack"), list):
         return " <- ".join(reversed([str(f) for f in d["stack"]]))
-    parts = [f"{k}={d[k]}" for k in ROW_KEYS if k in d and not isinstance(d[k], dict | list)]
+    parts = [
+        f"{k}={d[k]}" for k in ROW_KEYS if k in d and k not in drop and not isinstance(d[k], dict | list)
+    ]
     return ",".join(parts)
 
 
-def cells(doc: Any, prefix: str = "") -> Iterator[tuple[str, float | list[float]]]:
-    """Every numeric leaf of a results document by path; rows of a list are named by their keys.
+def _key_values(doc: Any) -> dict[str, set[str]]:
+    """Every value each row key takes in the rows of ``doc``."""
+    out: dict[str, set[str]] = {}
+    if isinstance(doc, dict):
+        for v in doc.values():
+            for k, vals in _key_values(v).items():
+                out.setdefault(k, set()).update(vals)
+    elif isinstance(doc, list):
+        for row in doc:
+            if isinstance(row, dict):
+                for k in ROW_KEYS:
+                    if k in row and not isinstance(row[k], dict | list):
+                        out.setdefault(k, set()).add(str(row[k]))
+            for k, vals in _key_values(row).items():
+                out.setdefault(k, set()).update(vals)
+    return out
 
-    Lists of numbers (samples) are one cell holding the list.
+
+def compared_keys(a: Any, b: Any) -> frozenset[str]:
+    """The row keys that name what two runs compare: one value throughout each run, different
+    between them (two kernels' presets, two profiles ...).  Rows are matched without them."""
+    ka, kb = _key_values(a), _key_values(b)
+    return frozenset(k for k in ka.keys() & kb.keys() if len(ka[k]) == len(kb[k]) == 1 and ka[k] != kb[k])
+
+
+def cells(
+    doc: Any, prefix: str = "", drop: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, float | list[float]]]:
+    """Every numeric leaf of a results document by path; rows of a list are named by their keys
+    (less ``drop``).  Lists of numbers (samples) are one cell holding the list.
     """
     if isinstance(doc, bool):
         return
@@ -247,15 +275,15 @@ def cells(doc: Any, prefix: str = "") -> Iterator[tuple[str, float | list[float]
         for k, v in doc.items():
             if k in ROW_KEYS or k in ("columns", "sweep"):
                 continue
-            yield from cells(v, f"{prefix}.{k}" if prefix else k)
+            yield from cells(v, f"{prefix}.{k}" if prefix else k, drop)
         return
     if isinstance(doc, list):
         if doc and all(isinstance(x, int | float) and not isinstance(x, bool) for x in doc):
             yield prefix, [float(x) for x in doc]
             return
         for i, v in enumerate(doc):
-            label = _row_label(v) if isinstance(v, dict) else ""
-            yield from cells(v, f"{prefix}[{label or i}]")
+            label = _row_label(v, drop) if isinstance(v, dict) else ""
+            yield from cells(v, f"{prefix}[{label or i}]", drop)
 
 
 @dataclass(frozen=True)
@@ -295,8 +323,11 @@ class Delta:
 
 
 def compare(a: Run, b: Run, *, changed_only: bool = False) -> list[Delta]:
-    """Per-cell deltas of two runs' results; samples are compared by median and Mann-Whitney U."""
-    ca, cb = dict(cells(a.results)), dict(cells(b.results))
+    """Per-cell deltas of two runs' results; samples are compared by median and Mann-Whitney U.
+    Rows are matched by their keys, less those that name what differs between the runs (e.g. the
+    preset of two kernels' runs: :func:`compared_keys`), as mmtests' compare puts kernels side by side."""
+    drop = compared_keys(a.results, b.results)
+    ca, cb = dict(cells(a.results, drop=drop)), dict(cells(b.results, drop=drop))
     out = []
     for key in list(ca) + [k for k in cb if k not in ca]:
         va, vb = ca.get(key), cb.get(key)
