@@ -183,3 +183,21 @@ def test_bad_input_is_one_line_exit_2(
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("ptesim: error: ")
     assert word.lower() in err[0].lower(), err[0]
+
+
+def test_calibrate_csv_has_one_line_per_cell(tmp_path: Path) -> None:
+    """calibrate --csv: measured, model and error of every cell, held-out ones marked."""
+    import csv
+
+    table = tmp_path / "measured.csv"
+    table.write_text("cpus,before_opt_pct,after_opt_pct\n1,-9,-4\n8,-14,-4\n32,-60,-5\n")
+    argv = ["calibrate", "--table", str(table), "--profile", "altra", "--fit", "pte_read_ns"]
+    rc, text = _run([*argv, "--holdout", "8", "--mem", "2M", "--csv"])
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["label"], r["cpus"]) for r in rows][:2] == [("before_opt", "1"), ("after_opt", "1")]
+    assert {r["cpus"] for r in rows if r["heldout"] == "True"} == {"8"}
+    assert all(
+        float(r["model"]) - float(r["measured"]) == pytest.approx(float(r["error_pp"]), abs=1e-3)
+        for r in rows
+    )

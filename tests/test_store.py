@@ -68,7 +68,8 @@ def test_compare_two_kernels_tables_matches_rows_without_the_preset(
     capsys.readouterr()
     assert main(["compare", "-2", "-1", "--json"]) == 0
     rows = {r["cell"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
-    cell = "rows[arch=arm64,granule_bytes=4096,folio_bytes=65536,mem_bytes=2097152,cpus=8].steady_iterations_per_s"
+    key = "arch=arm64,granule_bytes=4096,folio_bytes=65536,mem_bytes=2097152,cpus=8"
+    cell = f"rows[{key}].steady_iterations_per_s"
     assert (
         rows[cell]["a"]
         and rows[cell]["b"]

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -578,7 +579,22 @@ def _apply_start(profile: Profile, text: str | None) -> Profile:
     return profile.with_values(values)
 
 
-def _print_fit(res: FitResult, unit: str, as_json: bool) -> None:
+def _print_fit(res: FitResult, unit: str, as_json: bool, as_csv: bool = False) -> None:
+    if as_csv:
+        err = "error_pp" if unit == "pp" else "error_pct"
+        lines = [
+            {
+                "label": c.label,
+                "cpus": c.cpus,
+                "measured": c.measured,
+                "model": round(c.model, 4),
+                err: round(c.error, 3),
+                "heldout": c.heldout,
+            }
+            for c in res.cells
+        ]
+        sys.stdout.write(Tidy([Column(k) for k in lines[0]], lines).csv())
+        return
     if as_json:
         print(
             json.dumps(
@@ -672,7 +688,15 @@ def _calibrate_tables(args: argparse.Namespace) -> int:
         cross=args.cross_validate,
         command=command,
     )
-    if args.json:
+    if args.csv:
+        lines = [{"fit": "all tables", **p.as_dict()} for e in res.values() for p in e["predictions"]] + [
+            {"fit": f"without {fr.table}", **p.as_dict()}
+            for e in res.values()
+            for fr in e.get("folds", [])
+            for p in fr.predictions
+        ]
+        sys.stdout.write(Tidy([Column("fit"), *validate_table([]).columns], lines).csv())
+    elif args.json:
         doc: dict[str, Any] = {}
         for name, e in res.items():
             f = e["fit"]
@@ -785,14 +809,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         res = fit_host(
             args.from_host, start, names, holdout_sizes=sizes, statistic=args.statistic, command=command
         )
-        _print_fit(res, "%", args.json)
+        _print_fit(res, "%", args.json, args.csv)
     else:
         if args.holdout_sizes:
             raise UsageError("calibrate: --holdout-sizes applies to --from-host")
         if not names:
             raise UsageError("calibrate: name at least one parameter to fit (--fit a,b,...)")
         res = _fit_table(args, _apply_start(profile, args.start), names, holdout, command)
-        _print_fit(res, "pp", args.json)
+        _print_fit(res, "pp", args.json, args.csv)
     if args.write:
         try:
             Path(args.write).write_text(dump_profile(res.profile), encoding="utf-8")
@@ -1261,7 +1285,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--write", metavar="TOML", help="write the fitted profile (with --tables: a directory or FILE.toml)"
     )
-    p.add_argument("--json", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="print the fit (cost.md §3, §9)")
+    g.add_argument("--csv", action="store_true", help="print one line per cell: measured, model, error")
     add_scheduler_option(p)
     p.set_defaults(handler=_calibrate)
 
