@@ -154,3 +154,15 @@ def test_long_fuzz_campaign_runs_in_cells_with_the_same_answer_on_any_worker_cou
     assert out["1", "x86"][1]["examples"] == 10
     assert out["1", "fold-drops-dirty"] == out["2", "fold-drops-dirty"]
     assert out["1", "fold-drops-dirty"][0] == 1 and out["1", "fold-drops-dirty"][1]["violations"]
+
+
+def test_plot_of_single_runs_and_of_whatif_op(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--plot on one explain run (counts by phase) and on whatif --op (one bar per configuration)."""
+    for name, argv in {
+        "explain": ["explain", "--arch", "x86", "--mem", "256K"],
+        "whatif-op": ["whatif", "--op", "munmap", "--arch", "x86", "--mem", "2M"],
+        "latency": ["latency", "munmap", "--arch", "x86", "--mem", "2M"],
+    }.items():
+        png = tmp_path / f"{name}.png"
+        run(capsys, *argv, "--plot", str(png))
+        assert png.read_bytes()[:4] == b"\x89PNG", name

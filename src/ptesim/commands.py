@@ -225,6 +225,15 @@ def cmd_explain(a: argparse.Namespace) -> int:
     res = counts[0]
     data = res.to_json()
     record(a, data)
+    if a.plot:
+        from ptesim.report.plots import counts_plot
+
+        spec = res.spec
+        title = (
+            f"{a.scenario}: {spec.arch} {spec.preset}, {data['mem']} of {data['folio']} folios "
+            f"({data['granule']} pages)"
+        )
+        counts_plot(data["by_phase"], a.plot, title=title)
     if a.json:
         json.dump(data, sys.stdout, indent=2)
         print()

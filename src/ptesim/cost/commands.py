@@ -133,7 +133,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         out: dict[str, Any] = {
-            "rows": rep.rows,
+            "rows": [{**r, **{f"{k}_pct": v for k, v in r.items() if k != "cpus"}} for r in rep.rows],
             "max_abs_error_pp": round(rep.max_abs_error_pp, 3),
             "heldout": {
                 "cpus": list(HOLDOUT) if held else [],
@@ -895,7 +895,8 @@ def whatif_op_table(op: str, mems: tuple[int, ...], arches: tuple[str, ...] | No
         Column("change_pct", "change", _pct_cell),
         Column("profile_values", "profile values"),
     ]
-    return Tidy(cols, rows, meta={"op": op, "sweep": keys[1:]})
+    title = f"{op} of {', '.join(format_size(m) for m in mems)}: change in latency from its batching"
+    return Tidy(cols, rows, title=title, meta={"op": op, "sweep": keys[1:]})
 
 
 def _ms4(v: Any) -> str:
@@ -917,7 +918,7 @@ def _whatif_op(args: argparse.Namespace) -> int:
             f"Change in the latency of one {op} of {mem} from its batching ({what}), one process on an "
             "idle machine, predicted by the model (negative = faster).\n"
         )
-        print(table.markdown())
+        print(Tidy(table.columns, table.rows).markdown())
         note = " without -> with the core zap batching" if op == "munmap" else ""
         print(
             f"\nkernels: before -> after{note}; overrides per row in --json.  '4 threads': the process has "
@@ -927,7 +928,14 @@ def _whatif_op(args: argparse.Namespace) -> int:
     def plot(path: str) -> None:
         from ptesim.report.plots import sweep_plot
 
-        sweep_plot(table, path, y="change_pct", ylabel=f"change in {op} latency from batching (%)")
+        sweep_plot(
+            table,
+            path,
+            x="mem_bytes" if len(mems) > 1 else None,
+            bars=len(mems) == 1,
+            y="change_pct",
+            ylabel=f"change in {op} latency from batching (%)",
+        )
 
     emit(args, table, text=text, plot=plot)
     return 0

@@ -54,21 +54,24 @@ def sweep_plot(
     ylabel: str | None = None,
     err: tuple[str, str] | None = None,
     published: str | None = None,
+    bars: bool = False,
 ) -> None:
     """A tidy table as lines: ``x`` (default: the first size or CPU key column; log2 for sizes) on the
     x axis, one line per combination of the other key columns, ``y`` (default: the first few value
     columns) on the y axis.  ``err`` names the low and high columns of an interval drawn as bars;
-    ``published`` a column of published values drawn as unjoined markers where a row has one."""
+    ``published`` a column of published values drawn as unjoined markers where a row has one;
+    ``bars`` draws one bar per row instead (no x axis)."""
     rows = table.rows
     keys = [c.key for c in table.columns if c.key in _KEY_LABELS]
     values = [c.key for c in table.columns if c.key not in _KEY_LABELS and c.key not in _TEXT_COLUMNS]
     numeric_keys = [k for k in keys if k not in ("arch", "preset", "config")]
-    xkey = x if x is not None else (numeric_keys[0] if numeric_keys else None)
+    xkey = None if bars else x if x is not None else (numeric_keys[0] if numeric_keys else None)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ys = [y] if y else values[:6]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in keys if k != xkey), []).append(r)
+    bar_rows: list[tuple[str, float]] = []
     for gkey, grows in groups.items():
         glabel = ", ".join(_label(k, v) for k, v in zip([k for k in keys if k != xkey], gkey, strict=True))
         for col in ys:
@@ -96,18 +99,53 @@ def sweep_plot(
                         label=f"{label} (published)",
                     )
             else:
-                ax.bar([label], [grows[0].get(col) or 0])
+                bar_rows.append((label, float(grows[0].get(col) or 0)))
+    if bar_rows:
+        fig.set_size_inches(7, 0.3 * len(bar_rows) + 1.8)
+        ax.barh([b[0] for b in bar_rows], [b[1] for b in bar_rows])
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(ylabel or (y if y else "count per run"))
+    else:
+        ax.set_ylabel(ylabel or (y if y else "count per run"))
     if xkey:
         ax.set_xlabel(_KEY_LABELS.get(xkey, xkey))
         if xkey.endswith("_bytes"):
             ax.set_xscale("log", base=2)
-    ax.set_ylabel(ylabel or (y if y else "count per run"))
     if table.title:
         import textwrap
 
         ax.set_title("\n".join(textwrap.wrap(table.title.splitlines()[0], 100)), fontsize=8)
     if xkey:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def counts_plot(by_phase: Mapping[str, Mapping[str, int]], path: str | Path, *, title: str = "") -> None:
+    """One scenario's counted primitives as horizontal bars (log scale), stacked by phase."""
+    from ptesim.events import AGGREGATES
+
+    prims = sorted(
+        {k for c in by_phase.values() for k, v in c.items() if v and k not in AGGREGATES},
+        key=lambda k: -sum(c.get(k, 0) for c in by_phase.values()),
+    )
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(prims) + 1.5))
+    left = [0.0] * len(prims)
+    for phase, c in sorted(by_phase.items()):
+        vals = [float(c.get(k, 0)) for k in prims]
+        if any(vals):
+            ax.barh(prims, vals, left=left, label=phase)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(left=0.5)
+    ax.set_xlabel("count per run (log scale)")
+    ax.set_ylabel("primitive")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, Path(path))
 
