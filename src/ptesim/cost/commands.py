@@ -1301,7 +1301,10 @@ def register(sub: Any) -> None:
 
     p = add("validate", help="price every cell of published tables with the shipped profiles, unrefitted")
     p.add_argument(
-        "--tables", nargs="+", required=True, metavar="FILE", help="CSV tables in the published format"
+        "--tables",
+        nargs="+",
+        metavar="FILE",
+        help="CSV tables in the published format (default: the published tables shipped with ptesim)",
     )
     p.add_argument(
         "--cross-validate",
@@ -1331,7 +1334,7 @@ def register(sub: Any) -> None:
         "mem",
         defaults={"cpus": "1,8,16,32", "mem": "128M"},
         notes={
-            "arch": "the configurations of these architectures only",
+            "arch": "whatif runs only the configurations of these (without --arch: of every arch)",
             "mem": "will-it-scale buffer per worker; with --op munmap/mprotect/mremap the mapping (64M)",
         },
     )
