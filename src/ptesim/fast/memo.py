@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from ptesim.kernel.core import Kernel
-    from ptesim.kernel.folio import Folio
+    from ptesim.kernel.folio import Folio, FolioRun
     from ptesim.kernel.mm import MmStruct, Vma
     from ptesim.kernel.mmu_gather import MmuGather
+    from ptesim.kernel.pgtable import PteTable
 
 #: ``--engine`` values.
 ENGINES = ("fast", "reference")
@@ -49,6 +51,8 @@ _PLAIN = (int, bool, str, float, type(None))
 _FOLIO_IDENTITY = ("pfn", "data")
 #: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps).
 _GATHER_APART = ("mm", "pages", "delayed_rmap", "delayed_rmaps", "batches", "active", "batch_count")
+#: Runs expanded within one operation before the engine tries to compact them again (memory bound).
+_PENDING_MAX = 256
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -90,6 +94,33 @@ class Template:
     gather_after: tuple[Any, ...] = ()
     new_folios: tuple[tuple[tuple[str, str, Any], ...], ...] = ()  # populate: whole state
     new_offsets: tuple[int, ...] = ()  # populate: PFN of each new folio from the first one
+    #: populate: the record in compact form (:class:`Linear`), False if it has none, None: not derived
+    linear: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class Linear:
+    """A record whose effect is the same on every folio of a linear table (see "Compact state"):
+    the table bits after it (source and, for a copy, destination), the one change every folio got
+    (or, for populate, every new folio's whole state), and the record's counters."""
+
+    bits_after: int
+    dst_bits: int
+    change: tuple[tuple[str, str, Any], ...]
+    order: int
+    count: int
+    rss: tuple[tuple[tuple[str, int], ...], ...]
+    nr_ptes: tuple[int, ...]
+    counts: Counter[tuple[str, str, int]]
+
+
+class _Lookup:
+    """``page_folio.get`` that materialises a compact run on the way."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, pages: Any) -> None:
+        self.get = pages.pfn_to_folio
 
 
 class FastEngine:
@@ -130,6 +161,19 @@ class FastEngine:
         g = arch.geometry
         self._span = g.pmd_size
         self._levels = g.levels
+        self._n = g.ptrs_per_pte
+        #: compact records by compact key (False: the record has no compact form)
+        self.linear: dict[Key, Linear | bool] = {}
+        #: tables turned back into lists, and tables/PFN blocks a reference run left in object form:
+        #: candidates for :meth:`compact_pending`
+        self.materialised_tables: list[PteTable] = []
+        self._pending_blocks: set[int] = set()
+        kernel.pages.run_span = self._n
+        #: counts of compact replays not yet added: id(record) -> [record, counter, times]
+        self._owed: dict[int, list[Any]] = {}
+        self._scratch: Counter[tuple[str, str, int]] = Counter()
+        #: the record the last per-table copy used, and its folios (for the compact form)
+        self._last: tuple[Template | None, list[Folio]] = (None, [])
 
     # ---- applicability ------------------------------------------------------------------------
     def usable(self) -> bool:
@@ -141,7 +185,8 @@ class FastEngine:
         """The entries with each mapped folio's PFN taken out: ``(entry - folio PFN field, folio
         ordinal)``; new folios are appended to ``folios`` (and ``index``, by id) in order of first
         appearance.  Entries that map no folio stay raw integers."""
-        page_folio = self.kernel.pages._page_folio
+        pages = self.kernel.pages
+        page_folio = pages._page_folio if not pages.runs else _Lookup(pages)
         arch = self.kernel.arch
         present = arch.pte_present
         pte_pfn = arch.pte_pfn
@@ -279,6 +324,166 @@ class FastEngine:
             out.append((n, ("val", _freeze(v))))
         return tuple(out)
 
+    # ---- compact state ----------------------------------------------------------------------------
+    def _pfn(self, e: int) -> int:
+        bit, mask, shift = self._inline
+        return (e & mask) >> shift if bit else self.kernel.arch.pte_pfn(e)
+
+    def _linear_src(self, tab: PteTable) -> tuple[FolioRun, int] | None:
+        """(run, bits) when ``tab`` is a linear table mapping exactly one compact run."""
+        lin = tab.linear
+        if lin is None:
+            return None
+        first, step, n = lin
+        if step != self._unit or n != self._n:
+            return None
+        pfn = self._pfn(first)
+        run = self.kernel.pages.runs.get(pfn)
+        if run is None or run.count << run.order != n:
+            return None
+        return run, first - pfn * step
+
+    def _linear_bits(self, rel: tuple[Rel, ...] | None, nr: int) -> int | None:
+        """The bits ``b`` if ``rel`` is the relative form of a linear table over folios of ``nr``
+        pages in address order (entry i = ``(b + (i % nr) * unit, i // nr)``), else None."""
+        if rel is None or len(rel) != self._n or type(rel[0]) is int:
+            return None
+        b: int = rel[0][0]
+        u = self._unit
+        if rel != tuple((b + (i % nr) * u, i // nr) for i in range(self._n)):
+            return None
+        return b
+
+    def _derive_copy(
+        self, tpl: Template | None, folios: list[Folio], run_count: int, order: int
+    ) -> Linear | bool:
+        """The compact form of a copy record taken on a linear table: same bits everywhere after
+        it, the same change to every folio."""
+        if tpl is None or not tpl.replayable or len(folios) != run_count or tpl.counts is None:
+            return False
+        nr = 1 << order
+        src = self._linear_bits(tpl.entries_after, nr)
+        dst = self._linear_bits(tpl.dst_after, nr)
+        ch = tpl.folio_changes
+        if src is None or dst is None or any(c != ch[0] for c in ch):
+            return False
+        return Linear(
+            src, dst, ch[0], order, run_count, tuple(tuple(r) for r in tpl.rss), tpl.nr_ptes, tpl.counts
+        )
+
+    def _derive_populate(self, tpl: Template) -> Linear | bool:
+        """The compact form of a populate record: one table of new folios of one order, placed in
+        address order at consecutive PFNs, all in the same state."""
+        if not tpl.replayable or tpl.folio_changes or not tpl.queued or tpl.counts is None:
+            return False
+        order = tpl.queued[0][1]
+        nr = 1 << order
+        count = len(tpl.queued)
+        bits = self._linear_bits(tpl.entries_after, nr)
+        if (
+            bits is None
+            or count * nr != self._n
+            or tpl.queued != tuple((j, order) for j in range(count))
+            or tpl.new_offsets != tuple(j * nr for j in range(count))
+            or any(st != tpl.new_folios[0] for st in tpl.new_folios)
+        ):
+            return False
+        return Linear(
+            bits,
+            0,
+            tpl.new_folios[0],
+            order,
+            count,
+            tuple(tuple(r) for r in tpl.rss),
+            tpl.nr_ptes,
+            tpl.counts,
+        )
+
+    def _note(self, tables: tuple[Any, ...], folios: list[Folio]) -> None:
+        """Tables and folio blocks a reference run or a per-folio replay left in object form."""
+        self.materialised_tables.extend(t for t in tables if hasattr(t, "make_linear"))
+        if folios:
+            n = self._n
+            for f in (folios[0], folios[-1]):
+                self._pending_blocks.add(f.pfn - f.pfn % n)
+
+    def compact_pending(self, final: bool = True) -> None:
+        """Give tables and folios left in object form their compact form again where they are
+        uniform and nothing outside the allocator (a gather, a pin, a caller) holds them.  Called
+        at the end of each operation (``final``), and within one when many runs were expanded."""
+        self.settle()
+        if not self.usable():
+            return
+        pages = self.kernel.pages
+        blocks = self._pending_blocks
+        if pages.materialised:
+            blocks.update(pages.materialised)
+            pages.materialised = []
+        kept: set[int] = set()
+        for b in blocks:
+            if not self._compact_run(b) and not final:
+                kept.add(b)
+        self._pending_blocks = kept
+        if final:
+            tables, self.materialised_tables = self.materialised_tables, []
+            for t in tables:
+                self._compact_table(t)
+
+    def _compact_table(self, t: PteTable) -> bool:
+        if t.linear is not None or t.mm.dead:
+            return False
+        ents = t.entries
+        e0 = ents[0]
+        bit = self._inline[0]
+        if not e0 or not (e0 & bit if bit else self.kernel.arch.pte_present(e0)):
+            return False
+        u, n = self._unit, len(ents)
+        if ents != list(range(e0, e0 + n * u, u)) or self._pfn(ents[-1]) != self._pfn(e0) + n - 1:
+            return False
+        # the table's own slot, the local name and getrefcount's argument: nobody else holds the list
+        if sys.getrefcount(ents) > 3:
+            return False
+        t.make_linear(e0, u, n)
+        return True
+
+    def _compact_run(self, block: int) -> bool:
+        pages = self.kernel.pages
+        if block in pages.runs or block == 0:
+            return False
+        by_pfn = pages._by_pfn
+        f0 = by_pfn.get(block)
+        if f0 is None or f0.freed:
+            return False
+        nr = f0.nr_pages
+        n = self._n
+        if n % nr:
+            return False
+        fs = [by_pfn.get(p) for p in range(block, block + n, nr)]
+        if None in fs:
+            return False
+        state = self._folio_state(f0)[:-1]
+        data = f0.data
+        # by_pfn, one page_folio slot per page, the list ``fs``, the loop name, getrefcount's argument
+        refs = nr + 4
+        for f in fs:
+            assert f is not None
+            if (
+                f.order != f0.order
+                or f.data != data
+                or self._folio_state(f)[:-1] != state
+                or sys.getrefcount(f) > refs + (f is f0)
+            ):
+                return False
+        page_folio = pages._page_folio
+        for p in range(block, block + n, nr):
+            del by_pfn[p]
+        for p in range(block, block + n):
+            del page_folio[p]
+        from ptesim.kernel.folio import FolioRun
+
+        pages.runs[block] = FolioRun(block, f0.order, n // nr, f0)
+        return True
+
     # ---- the two memoised functions ------------------------------------------------------------
     def run(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if not self.usable():
@@ -390,13 +595,23 @@ class FastEngine:
                     else (),
                 )
             self.templates[key] = tpl
+            self._note((tab_after,), folios)
             return ret
         if not tpl.replayable:
             self.stats["reference"] += 1
             return fn(vma, start, end)
-        self.stats["replayed"] += 1
         assert tpl.counts is not None
         had_table = tab is not None
+        if not had_table:
+            if tpl.linear is None:
+                tpl.linear = self._derive_populate(tpl)
+            lt = tpl.linear
+            if type(lt) is Linear:
+                nr = 1 << lt.order
+                pfn0 = (pages._next_pfn + nr - 1) & ~(nr - 1)
+                if pfn0 % self._n == 0:
+                    return self._populate_linear(lt, mm, start, pfn0)
+        self.stats["replayed"] += 1
         if not had_table:
             self._muted(mm.pte_alloc, start)
         tab = mm.pmd_entry(start)
@@ -417,7 +632,45 @@ class FastEngine:
         mm.rss.update(dict(tpl.rss[0]))
         mm.nr_ptes += tpl.nr_ptes[0] - (1 if had_table is False else 0)
         sink.counts.update(tpl.counts)
+        self._note((tab,), [f for f in ordered if f is not None])
         return None
+
+    def _populate_linear(self, lt: Linear, mm: MmStruct, start: int, pfn0: int) -> None:
+        """A populate record replayed as one compact run of new folios and one linear table."""
+        from ptesim.kernel.folio import Folio
+        from ptesim.kernel.pgtable import PteTable
+
+        self.stats["linear"] += 1
+        self._muted(mm.pte_alloc, start)
+        tab = mm.pmd_entry(start)
+        assert isinstance(tab, PteTable)
+        proto = Folio(pfn0, lt.order)
+        self._apply_folio_changes(proto, lt.change)
+        self.kernel.pages.alloc_run(pfn0, lt.order, lt.count, proto)
+        u = self._unit
+        tab.make_linear(lt.bits_after + pfn0 * u, u, self._n)
+        rss = mm.rss
+        for k, v in lt.rss[0]:
+            rss[k] += v
+        mm.nr_ptes += lt.nr_ptes[0] - 1  # pte_alloc above counted the new table once
+        self._owe(self.kernel.sink.counts, lt)
+
+    def _owe(self, counts: Counter[tuple[str, str, int]], lt: Linear) -> None:
+        """Add a record's counts to ``counts`` once more: summed up per record and added at the end
+        of the operation (:meth:`settle`), since nothing reads the counts before then."""
+        owed = self._owed.get(id(lt))
+        if owed is None or owed[1] is not counts:
+            self.settle()
+            self._owed[id(lt)] = [lt, counts, 1]
+        else:
+            owed[2] += 1
+
+    def settle(self) -> None:
+        """Add the counts of every compact replay so far to the counters they belong to."""
+        for lt, counts, times in self._owed.values():
+            for k, v in lt.counts.items():
+                counts[k] += v * times
+        self._owed.clear()
 
     def _muted(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run reference code whose counts are already in a record."""
@@ -456,9 +709,74 @@ class FastEngine:
             self.stats["reference"] += 1
             return fn(dst_vma, src_vma, addr, end)
         sink = self.kernel.sink
+        hit = self._linear_src(src_tab)
+        if hit is not None:
+            run, bits = hit
+            ckey = (
+                "copy",
+                sink.op,
+                sink.stack,
+                self.kernel.hw.current,
+                addr - base,
+                end - base,
+                self._vma_key(src_vma, base),
+                self._vma_key(dst_vma, base),
+                self._mm_key(src_mm),
+                self._mm_key(dst_mm),
+                self._depth(dst_mm, addr),
+                bits,
+                run.order,
+                self._folio_state(run.proto),
+            )
+            lt = self.linear.get(ckey)
+            if type(lt) is Linear:
+                self.stats["linear"] += 1
+                saved, sink.counts = sink.counts, self._scratch
+                ptep = dst_mm.pte_alloc(addr)
+                sink.counts = saved
+                self._scratch.clear()
+                assert ptep is not None
+                u, n, pfn = self._unit, self._n, run.pfn
+                ptep.table.make_linear(lt.dst_bits + pfn * u, u, n)
+                if lt.bits_after != bits:
+                    src_tab.linear = (lt.bits_after + pfn * u, u, n)
+                if lt.change:
+                    self._apply_folio_changes(run.proto, lt.change)
+                rss = src_mm.rss
+                for k, v in lt.rss[0]:
+                    rss[k] += v
+                rss = dst_mm.rss
+                for k, v in lt.rss[1]:
+                    rss[k] += v
+                src_mm.nr_ptes += lt.nr_ptes[0]
+                dst_mm.nr_ptes += lt.nr_ptes[1] - 1  # pte_alloc above counted the new table once
+                self._owe(saved, lt)
+                return None
+            count, order = run.count, run.order
+            self.kernel.pages.materialise(run.pfn)
+            ret = self._copy_table(fn, dst_vma, src_vma, addr, end, src_tab)
+            if lt is None:
+                tpl, folios = self._last
+                self.linear[ckey] = self._derive_copy(tpl, folios, count, order)
+            self._last = (None, [])
+            return ret
+        ret = self._copy_table(fn, dst_vma, src_vma, addr, end, src_tab)
+        self._last = (None, [])  # hold no folio past the call
+        return ret
+
+    def _copy_table(
+        self, fn: Callable[..., Any], dst_vma: Vma, src_vma: Vma, addr: int, end: int, src_tab: PteTable
+    ) -> Any:
+        """The per-table memo of ``copy_pte_range`` on a table in list form."""
+        from ptesim.kernel.pgtable import PteTable
+
+        src_mm, dst_mm = src_vma.mm, dst_vma.mm
+        base = addr & ~(self._span - 1)
+        sink = self.kernel.sink
         folios: list[Folio] = []
         index: dict[int, int] = {}
         rel = self._relative(src_tab.entries, folios, index)
+        self._last = (None, folios)
         key = (
             "copy",
             sink.op,
@@ -516,16 +834,23 @@ class FastEngine:
                     counts=counts,
                 )
             self.templates[key] = tpl
+            self._last = (tpl, folios)
+            self._note((src_tab, dst_tab), folios)
             return ret
+        self._note((src_tab,), folios)
         if not tpl.replayable:
             self.stats["reference"] += 1
-            return fn(dst_vma, src_vma, addr, end)
+            ret = fn(dst_vma, src_vma, addr, end)
+            self._note((dst_mm.pmd_entry(addr),), [])
+            return ret
+        self._last = (tpl, folios)
         self.stats["replayed"] += 1
         assert tpl.dst_after is not None and tpl.counts is not None
         self._muted(dst_mm.pte_alloc, addr)
         dst_tab = dst_mm.pmd_entry(addr)
         assert isinstance(dst_tab, PteTable)
         dst_tab.entries[:] = self._absolute(tpl.dst_after, folios)
+        self._note((dst_tab,), [])
         if tpl.entries_after != rel:
             src_tab.entries[:] = self._absolute(tpl.entries_after, folios)
         for f, ch in zip(folios, tpl.folio_changes, strict=True):
@@ -548,6 +873,8 @@ class FastEngine:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         sink = self.kernel.sink
+        if len(self.kernel.pages.materialised) + len(self._pending_blocks) > _PENDING_MAX:
+            self.compact_pending(final=False)
         folios: list[Folio] = []
         index: dict[int, int] = {}
         rel = self._relative(tab.entries, folios, index)

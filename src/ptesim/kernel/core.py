@@ -113,8 +113,14 @@ class Kernel:
     def operation(self, task: Task, op: str, child_mm: MmStruct | None = None) -> Iterator[None]:
         """Run kernel code for ``task`` on its CPU, attributing every primitive to ``op``."""
         self.hw.current = task.cpu
-        with self.sink.operation(op, child_mm):
-            yield
+        try:
+            with self.sink.operation(op, child_mm):
+                yield
+        finally:
+            if self.fast is not None:
+                self.fast.settle()
+        if self.fast is not None:
+            self.fast.compact_pending()
         if self.checks:
             from ptesim.kernel.check import validate_all
 

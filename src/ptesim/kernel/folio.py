@@ -89,21 +89,100 @@ def folio_ref_sub(folio: Folio, nr: int, mm: object | None = None) -> None:
     folio.refcount -= nr
 
 
+class FolioRun:
+    """``count`` folios of one order at consecutive PFNs from ``pfn``, every one in the state of
+    ``proto`` (all fields but the PFN): the fast engine's compact form of the folios one uniform
+    PTE table maps.  No kernel code sees a run: the allocator turns it back into folio objects
+    (:meth:`PageAllocator.materialise`) the moment any of its PFNs is looked up."""
+
+    __slots__ = ("count", "order", "pfn", "proto")
+
+    def __init__(self, pfn: int, order: int, count: int, proto: Folio) -> None:
+        self.pfn = pfn
+        self.order = order
+        self.count = count
+        self.proto = proto
+
+    @property
+    def end_pfn(self) -> int:
+        return self.pfn + (self.count << self.order)
+
+
 class PageAllocator:
     """A PFN space handing out naturally aligned folios of any order (a simple buddy-less allocator:
-    a bump pointer plus per-order free lists).  PFN 0 is the shared zero page."""
+    a bump pointer plus per-order free lists).  PFN 0 is the shared zero page.
+
+    Folios of a :class:`FolioRun` (the fast engine's compact form, keyed by their first PFN, one
+    run per ``run_span`` aligned PFNs) are allocated but have no objects until looked up."""
 
     def __init__(self, max_order: int) -> None:
         self.max_order = max_order
         self._next_pfn = 1 << max_order
         self._free: dict[int, list[int]] = {}
-        self.by_pfn: dict[int, Folio] = {}
+        self._by_pfn: dict[int, Folio] = {}
         self.zero_page = Folio(0, 0)
         self.zero_page.zero_page = True
         self.zero_page.refcount = 1 << 30
-        self.by_pfn[0] = self.zero_page
+        self._by_pfn[0] = self.zero_page
         self._page_folio: dict[int, Folio] = {0: self.zero_page}
         self.allocated = 0
+        #: compact runs by first PFN, each covering ``run_span`` PFNs (0: no runs)
+        self.runs: dict[int, FolioRun] = {}
+        self.run_span = 0
+        #: first PFNs of runs materialised since the fast engine last looked
+        self.materialised: list[int] = []
+
+    @property
+    def by_pfn(self) -> dict[int, Folio]:
+        """Every allocated folio by PFN (compact runs materialised first)."""
+        if self.runs:
+            for pfn in list(self.runs):
+                self.materialise(pfn)
+        return self._by_pfn
+
+    def materialise(self, pfn: int) -> None:
+        """Turn the run starting at ``pfn`` into folio objects in the run's state."""
+        run = self.runs.pop(pfn)
+        proto = run.proto
+        nr = proto.nr_pages
+        by_pfn, pages = self._by_pfn, self._page_folio
+        for p in range(run.pfn, run.end_pfn, nr):
+            f = Folio.__new__(Folio)
+            f.pfn = p
+            f.order = proto.order
+            f.nr_pages = nr
+            f.refcount = proto.refcount
+            f.mapcount = list(proto.mapcount)
+            f.entire_mapcount = proto.entire_mapcount
+            f.large_mapcount = proto.large_mapcount
+            f.anon_exclusive = list(proto.anon_exclusive)
+            f.pincount = proto.pincount
+            f.data = list(proto.data)
+            f.anon = proto.anon
+            f.dirty = proto.dirty
+            f.freed = proto.freed
+            f.zero_page = proto.zero_page
+            by_pfn[p] = f
+            for q in range(p, p + nr):
+                pages[q] = f
+        self.materialised.append(pfn)
+
+    def alloc_run(self, pfn: int, order: int, count: int, proto: Folio) -> FolioRun:
+        """Allocate ``count`` folios of ``order`` from ``pfn`` (the bump pointer, which must be
+        there) as one compact run in the state of ``proto``; nothing is counted here (the fast
+        engine replays the allocations' counts from its record)."""
+        assert not any(self._free.values()) and pfn >= self._next_pfn and pfn % self.run_span == 0
+        run = FolioRun(pfn, order, count, proto)
+        self._next_pfn = run.end_pfn
+        self.runs[pfn] = run
+        self.allocated += count
+        return run
+
+    def run_at(self, pfn: int) -> FolioRun | None:
+        """The compact run holding ``pfn``, if any."""
+        if not self.runs:
+            return None
+        return self.runs.get(pfn - pfn % self.run_span)
 
     def folio_alloc(self, order: int, mm: object | None = None) -> Folio:
         """Allocate a folio of ``order`` (counted: ``folio_alloc``)."""
@@ -118,7 +197,7 @@ class PageAllocator:
             pfn = (self._next_pfn + size - 1) & ~(size - 1)
             self._next_pfn = pfn + size
         folio = Folio(pfn, order)
-        self.by_pfn[pfn] = folio
+        self._by_pfn[pfn] = folio
         pages = self._page_folio
         for p in range(pfn, pfn + folio.nr_pages):
             pages[p] = folio
@@ -132,7 +211,7 @@ class PageAllocator:
             raise AssertionError(f"double free of {folio!r}")
         emit("folio_free", mm=mm)
         folio.freed = True
-        del self.by_pfn[folio.pfn]
+        del self._by_pfn[folio.pfn]
         pages = self._page_folio
         for p in range(folio.pfn, folio.end_pfn):
             del pages[p]
@@ -141,7 +220,13 @@ class PageAllocator:
 
     def pfn_to_folio(self, pfn: int) -> Folio | None:
         """The folio containing ``pfn`` (page_folio(pfn_to_page(pfn))), or None if free."""
-        return self._page_folio.get(pfn)
+        f = self._page_folio.get(pfn)
+        if f is None and self.runs:
+            run = self.runs.get(pfn - pfn % self.run_span)
+            if run is not None and pfn < run.end_pfn:
+                self.materialise(run.pfn)
+                return self._page_folio.get(pfn)
+        return f
 
     def folio_put_refs(self, folio: Folio, nr: int, mm: object | None = None) -> None:
         """folio_put_refs(): drop ``nr`` references with one atomic; free at zero."""

@@ -12,6 +12,7 @@ entries directly, without counting: that is the MMU, not the kernel.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,14 +85,38 @@ GEOMETRY_64K = Geometry(page_shift=16, shifts=(42, 29, 16), va_bits=48)
 
 
 class PteTable:
-    """One PTE table page: ``ptrs_per_pte`` entries, owned by one mm."""
+    """One PTE table page: ``ptrs_per_pte`` entries, owned by one mm.
 
-    __slots__ = ("base", "entries", "mm")
+    The fast engine may hold a table whose entries are ``first + i * step`` (consecutive PFNs, the
+    same bits) as just ``linear = (first, step, n)``, with the ``entries`` slot empty: the first
+    read of ``entries`` builds the list (``__getattr__`` runs only for an empty slot, so a table
+    in list form costs nothing extra)."""
+
+    __slots__ = ("base", "entries", "linear", "mm")
 
     def __init__(self, mm: MmStruct, base: int, n: int) -> None:
         self.mm = mm
         self.base = base
         self.entries: list[int] = [0] * n
+        self.linear: tuple[int, int, int] | None = None
+
+    def __getattr__(self, name: str) -> list[int]:
+        lin = self.linear if name == "entries" else None
+        if lin is None:
+            raise AttributeError(name)
+        first, step, n = lin
+        self.entries = list(range(first, first + n * step, step))
+        self.linear = None
+        fast = self.mm.kernel.fast
+        if fast is not None:
+            fast.materialised_tables.append(self)
+        return self.entries
+
+    def make_linear(self, first: int, step: int, n: int) -> None:
+        """Hold the entries ``first + i * step`` (i < n) in compact form (fast engine only)."""
+        with contextlib.suppress(AttributeError):  # an empty slot (already compact)
+            del self.entries
+        self.linear = (first, step, n)
 
     def __repr__(self) -> str:
         return f"<PteTable {self.base:#x} of mm{self.mm.id}>"
