@@ -194,18 +194,45 @@ def _log_binom(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lc, m, k
 
 
-def _arrivals(n: int, t_over_z: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``a[m, k]`` = P(k of m working CPUs arrive during one service), averaged over the service
-    density given by quadrature nodes ``t / z`` and weights."""
+@lru_cache(maxsize=256)
+def _binom_grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``C(m, k)`` for 0 <= k <= m < n (0 above the diagonal), the powers 0..n-1, and the grids
+    ``k`` and ``m - k`` (clipped at 0) as indices."""
     import numpy as np
 
     lc, m, k = _log_binom(n)
-    log_p = np.log(-np.expm1(-t_over_z))[:, None, None]  # log(1 - e^{-t/z})
-    log_q = (-t_over_z)[:, None, None]  # log(e^{-t/z})
+    kk = np.broadcast_to(k, (n, n)).astype(np.intp)
+    return np.exp(lc), np.arange(n, dtype=float), kk, np.maximum(m - k, 0).astype(np.intp)
+
+
+def _arrivals(n: int, t_over_z: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``a[m, k]`` = P(k of m working CPUs arrive during one service), averaged over the service
+    density given by quadrature nodes ``t / z`` and weights: ``C(m, k) sum_i w_i p_i^k q_i^(m-k)``
+    with ``p = 1 - e^{-t/z}`` and ``q = e^{-t/z}``.  Both powers are at most 1 (they underflow to 0,
+    never overflow), so no logarithms are needed, and the node sum for every (k, m - k) pair is
+    one matrix product of the two power tables."""
+    import numpy as np
+
+    binom, powers, kk, d = _binom_grid(n)
+    with np.errstate(divide="ignore"):
+        log_p = np.log(-np.expm1(-t_over_z))
+    pk = weights[:, None] * _exp_or_zero(log_p[:, None] * powers)
+    qd = _exp_or_zero(-t_over_z[:, None] * powers)
+    s = pk.T @ qd  # s[k, j] = sum_i w_i p_i^k q_i^j
+    return np.asarray(binom * s[kk, d])
+
+
+def _exp_or_zero(x: np.ndarray) -> np.ndarray:
+    """``exp(x)`` with every value below the smallest normal double (x < -708) set to 0: subnormal
+    results are slow to compute and carry no weight next to the other terms."""
+    import numpy as np
+
     with np.errstate(invalid="ignore"):
-        terms = lc[None] + k[None] * log_p + np.where(k <= m, m - k, 0.0)[None] * log_q
-    terms = np.where(np.isnan(terms), -np.inf, terms)
-    return np.asarray(np.tensordot(weights, np.exp(terms), axes=1))
+        low = ~(x > -708.0)  # also 0 * -inf (a power 0 of p = 0) is NaN here: handled below
+    out = np.exp(np.where(low, 0.0, x))
+    out[low] = 0.0
+    out[np.isnan(x)] = 1.0  # p^0 = 1
+    return out
 
 
 def finite_source(net: ClosedNetwork, cpus: int) -> Solution:
