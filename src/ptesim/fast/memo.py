@@ -53,6 +53,8 @@ _FOLIO_IDENTITY = ("pfn", "data")
 _GATHER_APART = ("mm", "pages", "delayed_rmap", "delayed_rmaps", "batches", "active", "batch_count")
 #: Runs expanded within one operation before the engine tries to compact them again (memory bound).
 _PENDING_MAX = 256
+#: Records of one zap key that crossed a gather batch page before the key is left to the reference.
+_CROSSINGS = 2
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -162,8 +164,8 @@ class FastEngine:
         self._span = g.pmd_size
         self._levels = g.levels
         self._n = g.ptrs_per_pte
-        #: compact records by compact key (False: the record has no compact form)
-        self.linear: dict[Key, Linear | bool] = {}
+        #: records by compact key: a copy's compact form (False: it has none), a zap's record
+        self.linear: dict[Key, Linear | Template | bool] = {}
         #: tables turned back into lists, and tables/PFN blocks a reference run left in object form:
         #: candidates for :meth:`compact_pending`
         self.materialised_tables: list[PteTable] = []
@@ -172,6 +174,8 @@ class FastEngine:
         #: counts of compact replays not yet added: id(record) -> [record, counter, times]
         self._owed: dict[int, list[Any]] = {}
         self._scratch: Counter[tuple[str, str, int]] = Counter()
+        #: zap keys whose record crossed a gather batch page, and how often
+        self._crossed: Counter[Key] = Counter()
         #: the record the last per-table copy used, and its folios (for the compact form)
         self._last: tuple[Template | None, list[Folio]] = (None, [])
 
@@ -403,9 +407,7 @@ class FastEngine:
         """Tables and folio blocks a reference run or a per-folio replay left in object form."""
         self.materialised_tables.extend(t for t in tables if hasattr(t, "make_linear"))
         if folios:
-            n = self._n
-            for f in (folios[0], folios[-1]):
-                self._pending_blocks.add(f.pfn - f.pfn % n)
+            self._pending_blocks.add(folios[0].pfn)
 
     def compact_pending(self, final: bool = True) -> None:
         """Give tables and folios left in object form their compact form again where they are
@@ -447,12 +449,11 @@ class FastEngine:
         return True
 
     def _compact_run(self, block: int) -> bool:
+        """Make the ``ptrs_per_pte`` pages from PFN ``block`` one run, if their folios allow."""
         pages = self.kernel.pages
-        if block in pages.runs or block == 0:
-            return False
         by_pfn = pages._by_pfn
         f0 = by_pfn.get(block)
-        if f0 is None or f0.freed:
+        if f0 is None or f0.freed or f0.zero_page:
             return False
         nr = f0.nr_pages
         n = self._n
@@ -481,7 +482,7 @@ class FastEngine:
             del page_folio[p]
         from ptesim.kernel.folio import FolioRun
 
-        pages.runs[block] = FolioRun(block, f0.order, n // nr, f0)
+        pages.add_run(FolioRun(block, f0.order, n // nr, f0))
         return True
 
     # ---- the two memoised functions ------------------------------------------------------------
@@ -608,9 +609,7 @@ class FastEngine:
             lt = tpl.linear
             if type(lt) is Linear:
                 nr = 1 << lt.order
-                pfn0 = (pages._next_pfn + nr - 1) & ~(nr - 1)
-                if pfn0 % self._n == 0:
-                    return self._populate_linear(lt, mm, start, pfn0)
+                return self._populate_linear(lt, mm, start, (pages._next_pfn + nr - 1) & ~(nr - 1))
         self.stats["replayed"] += 1
         if not had_table:
             self._muted(mm.pte_alloc, start)
@@ -873,8 +872,54 @@ class FastEngine:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         sink = self.kernel.sink
-        if len(self.kernel.pages.materialised) + len(self._pending_blocks) > _PENDING_MAX:
+        pages = self.kernel.pages
+        if len(pages.materialised) + len(self._pending_blocks) > _PENDING_MAX:
             self.compact_pending(final=False)
+        hit = self._linear_src(tab)
+        if hit is None:
+            return self._zap_table(fn, tlb, vma, addr, end, tab)
+        # a linear table over one run: the key without reading the entries (the record is the
+        # one its list form gets, the run's folios in address order being its folio ordinals)
+        run, bits = hit
+        ckey = (
+            "zap",
+            sink.op,
+            sink.stack,
+            self.kernel.hw.current,
+            addr - base,
+            end - base,
+            self._vma_key(vma, base),
+            self._mm_key(mm),
+            self._gather_key(tlb, base),
+            bits,
+            run.order,
+            self._folio_state(run.proto),
+        )
+        tpl = self.linear.get(ckey)
+        if type(tpl) is Template and len(tpl.folio_changes) == run.count:
+            batch = tlb.batches[tlb.active]
+            if batch.nr + tpl.slots < batch.max - 1:
+                start, stop, nr = run.pfn, run.end_pfn, 1 << run.order
+                pages.materialise(start)
+                by_pfn = pages._by_pfn
+                return self._zap_replay(
+                    tpl, tlb, mm, tab, [by_pfn[p] for p in range(start, stop, nr)], None, base
+                )
+        ret = self._zap_table(fn, tlb, vma, addr, end, tab)
+        tpl, _ = self._last
+        self._last = (None, [])
+        if tpl is not None and tpl.replayable:
+            self.linear[ckey] = tpl
+        return ret
+
+    def _zap_table(
+        self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable
+    ) -> Any:
+        """The per-table memo of ``zap_pte_range`` on a table in list form."""
+        self._last = (None, [])
+        mm = vma.mm
+        base = addr & ~(self._span - 1)
+        sink = self.kernel.sink
         folios: list[Folio] = []
         index: dict[int, int] = {}
         rel = self._relative(tab.entries, folios, index)
@@ -943,16 +988,46 @@ class FastEngine:
                     slots=tlb.batches[tlb.active].nr - slots_before,
                     gather_after=self._gather_after(tlb, gather_before, base),
                 )
+            elif (
+                tlb.flushes != flushes_before
+                or tlb.active != active_before
+                or tlb.batch_count != count_before
+            ) and self._crossed[key] < _CROSSINGS:
+                # the gather moved to another batch page or flushed: a later table of this kind
+                # may fit in the active batch page, so record it again then (a few times at most)
+                self._crossed[key] += 1
+                return ret
             self.templates[key] = tpl
+            self._last = (tpl, [])
             return ret
         batch = tlb.batches[tlb.active]
         if not tpl.replayable or batch.nr + tpl.slots >= batch.max - 1:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
+        self._last = (tpl, [])
+        return self._zap_replay(tpl, tlb, mm, tab, folios, rel, base)
+
+    def _zap_replay(
+        self,
+        tpl: Template,
+        tlb: MmuGather,
+        mm: MmStruct,
+        tab: PteTable,
+        folios: list[Folio],
+        rel: tuple[Rel, ...] | None,
+        base: int,
+    ) -> int:
+        sink = self.kernel.sink
+        batch = tlb.batches[tlb.active]
         self.stats["replayed"] += 1
         assert tpl.counts is not None and tpl.ret is not None
-        if tpl.entries_after != rel:
-            tab.entries[:] = self._absolute(tpl.entries_after, folios)
+        if rel is None or tpl.entries_after != rel:
+            after = self._absolute(tpl.entries_after, folios)
+            if tab.linear is not None:  # no list to update: the table gets one
+                tab.linear = None
+                tab.entries = after
+            else:
+                tab.entries[:] = after
         for f, ch in zip(folios, tpl.folio_changes, strict=True):
             if ch:
                 self._apply_folio_changes(f, ch)

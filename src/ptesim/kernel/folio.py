@@ -112,8 +112,8 @@ class PageAllocator:
     """A PFN space handing out naturally aligned folios of any order (a simple buddy-less allocator:
     a bump pointer plus per-order free lists).  PFN 0 is the shared zero page.
 
-    Folios of a :class:`FolioRun` (the fast engine's compact form, keyed by their first PFN, one
-    run per ``run_span`` aligned PFNs) are allocated but have no objects until looked up."""
+    Folios of a :class:`FolioRun` (the fast engine's compact form: ``run_span`` pages from any
+    PFN, keyed by their first PFN) are allocated but have no objects until looked up."""
 
     def __init__(self, max_order: int) -> None:
         self.max_order = max_order
@@ -126,8 +126,10 @@ class PageAllocator:
         self._by_pfn[0] = self.zero_page
         self._page_folio: dict[int, Folio] = {0: self.zero_page}
         self.allocated = 0
-        #: compact runs by first PFN, each covering ``run_span`` PFNs (0: no runs)
+        #: compact runs by first PFN, each covering ``run_span`` PFNs (0: no runs), and by the
+        #: ``run_span``-aligned block their first PFN is in (runs do not overlap: one per block)
         self.runs: dict[int, FolioRun] = {}
+        self._run_blocks: dict[int, FolioRun] = {}
         self.run_span = 0
         #: first PFNs of runs materialised since the fast engine last looked
         self.materialised: list[int] = []
@@ -143,6 +145,7 @@ class PageAllocator:
     def materialise(self, pfn: int) -> None:
         """Turn the run starting at ``pfn`` into folio objects in the run's state."""
         run = self.runs.pop(pfn)
+        del self._run_blocks[pfn // self.run_span]
         proto = run.proto
         nr = proto.nr_pages
         by_pfn, pages = self._by_pfn, self._page_folio
@@ -171,18 +174,27 @@ class PageAllocator:
         """Allocate ``count`` folios of ``order`` from ``pfn`` (the bump pointer, which must be
         there) as one compact run in the state of ``proto``; nothing is counted here (the fast
         engine replays the allocations' counts from its record)."""
-        assert not any(self._free.values()) and pfn >= self._next_pfn and pfn % self.run_span == 0
+        assert not any(self._free.values()) and pfn >= self._next_pfn and count << order == self.run_span
         run = FolioRun(pfn, order, count, proto)
         self._next_pfn = run.end_pfn
-        self.runs[pfn] = run
+        self.add_run(run)
         self.allocated += count
         return run
+
+    def add_run(self, run: FolioRun) -> None:
+        """Register a compact run (its PFNs hold no folio objects)."""
+        self.runs[run.pfn] = run
+        self._run_blocks[run.pfn // self.run_span] = run
 
     def run_at(self, pfn: int) -> FolioRun | None:
         """The compact run holding ``pfn``, if any."""
         if not self.runs:
             return None
-        return self.runs.get(pfn - pfn % self.run_span)
+        b = pfn // self.run_span
+        for run in (self._run_blocks.get(b), self._run_blocks.get(b - 1)):
+            if run is not None and run.pfn <= pfn < run.end_pfn:
+                return run
+        return None
 
     def folio_alloc(self, order: int, mm: object | None = None) -> Folio:
         """Allocate a folio of ``order`` (counted: ``folio_alloc``)."""
@@ -222,8 +234,8 @@ class PageAllocator:
         """The folio containing ``pfn`` (page_folio(pfn_to_page(pfn))), or None if free."""
         f = self._page_folio.get(pfn)
         if f is None and self.runs:
-            run = self.runs.get(pfn - pfn % self.run_span)
-            if run is not None and pfn < run.end_pfn:
+            run = self.run_at(pfn)
+            if run is not None:
                 self.materialise(run.pfn)
                 return self._page_folio.get(pfn)
         return f
