@@ -49,12 +49,20 @@ Key = tuple[Any, ...]
 _PLAIN = (int, bool, str, float, type(None))
 #: Folio fields that are not part of a folio's *state* for the key: its identity and contents.
 _FOLIO_IDENTITY = ("pfn", "data")
-#: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps).
-_GATHER_APART = ("mm", "pages", "delayed_rmap", "delayed_rmaps", "batches", "active", "batch_count")
+#: Gather fields handled apart (owner, queued pages, slot count, delayed rmaps; the flush counter,
+#: which no kernel function reads and a replayable record leaves unchanged).
+_GATHER_APART = (
+    "mm",
+    "pages",
+    "delayed_rmap",
+    "delayed_rmaps",
+    "batches",
+    "active",
+    "batch_count",
+    "flushes",
+)
 #: Runs expanded within one operation before the engine tries to compact them again (memory bound).
 _PENDING_MAX = 256
-#: Records of one zap key that crossed a gather batch page before the key is left to the reference.
-_CROSSINGS = 2
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -98,6 +106,11 @@ class Template:
     new_offsets: tuple[int, ...] = ()  # populate: PFN of each new folio from the first one
     #: populate: the record in compact form (:class:`Linear`), False if it has none, None: not derived
     linear: Any = None
+    #: zap that moved the gather on to other batch pages (keyed by the exact batch state): every
+    #: batch page's (max, nr) after it, the active one and the batch page count (None: it did not)
+    batches_after: tuple[tuple[int, int], ...] | None = None
+    active_after: int = 0
+    count_after: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -174,8 +187,6 @@ class FastEngine:
         #: counts of compact replays not yet added: id(record) -> [record, counter, times]
         self._owed: dict[int, list[Any]] = {}
         self._scratch: Counter[tuple[str, str, int]] = Counter()
-        #: zap keys whose record crossed a gather batch page, and how often
-        self._crossed: Counter[Key] = Counter()
         #: the record the last per-table copy used, and its folios (for the compact form)
         self._last: tuple[Template | None, list[Folio]] = (None, [])
 
@@ -895,21 +906,25 @@ class FastEngine:
             run.order,
             self._folio_state(run.proto),
         )
+        bstate = _batch_state(tlb)
         tpl = self.linear.get(ckey)
+        if (
+            type(tpl) is not Template
+            or tlb.batches[tlb.active].nr + tpl.slots >= tlb.batches[tlb.active].max - 1
+        ):
+            tpl = self.linear.get((ckey, bstate))
         if type(tpl) is Template and len(tpl.folio_changes) == run.count:
-            batch = tlb.batches[tlb.active]
-            if batch.nr + tpl.slots < batch.max - 1:
-                start, stop, nr = run.pfn, run.end_pfn, 1 << run.order
-                pages.materialise(start)
-                by_pfn = pages._by_pfn
-                return self._zap_replay(
-                    tpl, tlb, mm, tab, [by_pfn[p] for p in range(start, stop, nr)], None, base
-                )
+            start, stop, nr = run.pfn, run.end_pfn, 1 << run.order
+            pages.materialise(start)
+            by_pfn = pages._by_pfn
+            return self._zap_replay(
+                tpl, tlb, mm, tab, [by_pfn[p] for p in range(start, stop, nr)], None, base
+            )
         ret = self._zap_table(fn, tlb, vma, addr, end, tab)
         tpl, _ = self._last
         self._last = (None, [])
         if tpl is not None and tpl.replayable:
-            self.linear[ckey] = tpl
+            self.linear[ckey if tpl.batches_after is None else (ckey, bstate)] = tpl
         return ret
 
     def _zap_table(
@@ -937,75 +952,77 @@ class FastEngine:
             tuple(self._folio_state(f) for f in folios),
         )
         tpl = self.templates.get(key)
-        if tpl is None:
-            self.stats["recorded"] += 1
-            states = key[-1]
-            before = self._fingerprint()
-            mm_before = self._mm_key(mm)
-            rss_before = Counter(mm.rss)
-            nr_before = mm.nr_ptes
-            data_before = [list(f.data) for f in folios]
-            gather_before = dict(vars(tlb))
-            queued_before = list(tlb.pages)
-            # the active batch page: a template replays only within it (no tlb_next_batch)
-            active_before, count_before = tlb.active, tlb.batch_count
-            slots_before = tlb.batches[tlb.active].nr
-            flushes_before = tlb.flushes
-            ret, counts = self._recorded(fn, tlb, vma, addr, end)
-            n_folios = len(folios)
-            after = self._relative(tab.entries, folios, index)
-            appended = tlb.pages[len(queued_before) :]
-            ok = (
-                ret == end
-                and len(folios) == n_folios
-                and tlb.flushes == flushes_before
-                and tlb.active == active_before
-                and tlb.batch_count == count_before
-                and tlb.batches[tlb.active].nr >= slots_before
-                and tlb.pages[: len(queued_before)] == queued_before
-                and not tlb.delayed_rmap
-                and all(id(f) in index for f, _ in appended)
-                and self._fingerprint() == before
-                and self._mm_key(mm) == mm_before
-                and mm.pmd_entry(addr) is tab
-                and self._translatable(after, folios)
-                and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
-            )
-            tpl = Template(replayable=False)
-            if ok:
-                tpl = Template(
-                    replayable=True,
-                    entries_after=after,
-                    folio_changes=tuple(
-                        self._folio_changes(b, self._folio_state(f))
-                        for f, b in zip(folios, states, strict=True)
-                    ),
-                    rss=(_delta(rss_before, mm.rss),),
-                    nr_ptes=(mm.nr_ptes - nr_before,),
-                    counts=counts,
-                    ret=ret - base,
-                    queued=tuple((index[id(f)], nr) for f, nr in appended),
-                    slots=tlb.batches[tlb.active].nr - slots_before,
-                    gather_after=self._gather_after(tlb, gather_before, base),
-                )
-            elif (
-                tlb.flushes != flushes_before
-                or tlb.active != active_before
-                or tlb.batch_count != count_before
-            ) and self._crossed[key] < _CROSSINGS:
-                # the gather moved to another batch page or flushed: a later table of this kind
-                # may fit in the active batch page, so record it again then (a few times at most)
-                self._crossed[key] += 1
-                return ret
-            self.templates[key] = tpl
-            self._last = (tpl, [])
-            return ret
-        batch = tlb.batches[tlb.active]
-        if not tpl.replayable or batch.nr + tpl.slots >= batch.max - 1:
+        if tpl is not None and tpl.replayable:
+            batch = tlb.batches[tlb.active]
+            if batch.nr + tpl.slots < batch.max - 1:
+                self._last = (tpl, [])
+                return self._zap_replay(tpl, tlb, mm, tab, folios, rel, base)
+        # the record of this table from exactly this batch state: one that moves on to other
+        # batch pages (or flushes, which is left to the reference)
+        bkey = (key, _batch_state(tlb))
+        xt = self.templates.get(bkey)
+        if xt is not None or (tpl is not None and not tpl.replayable):
+            if xt is not None and xt.replayable:
+                self._last = (xt, [])
+                return self._zap_replay(xt, tlb, mm, tab, folios, rel, base)
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
-        self._last = (tpl, [])
-        return self._zap_replay(tpl, tlb, mm, tab, folios, rel, base)
+        self.stats["recorded"] += 1
+        states = key[-1]
+        before = self._fingerprint()
+        mm_before = self._mm_key(mm)
+        rss_before = Counter(mm.rss)
+        nr_before = mm.nr_ptes
+        data_before = [list(f.data) for f in folios]
+        gather_before = dict(vars(tlb))
+        queued_before = list(tlb.pages)
+        active_before, count_before = tlb.active, tlb.batch_count
+        slots_before = tlb.batches[tlb.active].nr
+        flushes_before = tlb.flushes
+        ret, counts = self._recorded(fn, tlb, vma, addr, end)
+        n_folios = len(folios)
+        after = self._relative(tab.entries, folios, index)
+        appended = tlb.pages[len(queued_before) :]
+        crossed = tlb.active != active_before or tlb.batch_count != count_before
+        ok = (
+            ret == end
+            and len(folios) == n_folios
+            and tlb.flushes == flushes_before
+            and (crossed or tlb.batches[tlb.active].nr >= slots_before)
+            and tlb.pages[: len(queued_before)] == queued_before
+            and not tlb.delayed_rmap
+            and all(id(f) in index for f, _ in appended)
+            and self._fingerprint() == before
+            and self._mm_key(mm) == mm_before
+            and mm.pmd_entry(addr) is tab
+            and self._translatable(after, folios)
+            and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
+        )
+        tpl_new = Template(replayable=False)
+        if ok:
+            tpl_new = Template(
+                replayable=True,
+                entries_after=after,
+                folio_changes=tuple(
+                    self._folio_changes(b, self._folio_state(f)) for f, b in zip(folios, states, strict=True)
+                ),
+                rss=(_delta(rss_before, mm.rss),),
+                nr_ptes=(mm.nr_ptes - nr_before,),
+                counts=counts,
+                ret=ret - base,
+                queued=tuple((index[id(f)], nr) for f, nr in appended),
+                slots=tlb.batches[tlb.active].nr - slots_before if not crossed else 0,
+                gather_after=self._gather_after(tlb, gather_before, base),
+            )
+            if crossed:
+                tpl_new.batches_after = _batch_state(tlb)[2]
+                tpl_new.active_after, tpl_new.count_after = tlb.active, tlb.batch_count
+        if crossed or tlb.flushes != flushes_before:
+            self.templates[bkey] = tpl_new  # this batch state moves on or flushes every time
+        elif tpl is None:
+            self.templates[key] = tpl_new
+        self._last = (tpl_new, [])
+        return ret
 
     def _zap_replay(
         self,
@@ -1034,7 +1051,17 @@ class FastEngine:
         mm.rss.update(dict(tpl.rss[0]))
         mm.nr_ptes += tpl.nr_ptes[0]
         tlb.pages.extend((folios[k], nr) for k, nr in tpl.queued)
-        batch.nr += tpl.slots
+        if tpl.batches_after is None:
+            batch.nr += tpl.slots
+        else:
+            from ptesim.kernel.mmu_gather import MmuGatherBatch
+
+            batches = tlb.batches
+            for i, (mx, nr) in enumerate(tpl.batches_after):
+                if i == len(batches):
+                    batches.append(MmuGatherBatch(mx))
+                batches[i].nr = nr
+            tlb.active, tlb.batch_count = tpl.active_after, tpl.count_after
         for n, (how, v) in tpl.gather_after:
             if how == "rel":
                 setattr(tlb, n, base + v)
@@ -1042,6 +1069,12 @@ class FastEngine:
                 _thaw_into(tlb, n, v)
         sink.counts.update(tpl.counts)
         return base + tpl.ret
+
+
+def _batch_state(tlb: MmuGather) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+    """Where the gather is in its batch pages: the active one, how many were allocated, and
+    every batch page's (max, nr)."""
+    return tlb.active, tlb.batch_count, tuple((b.max, b.nr) for b in tlb.batches)
 
 
 def _delta(before: Counter[str], after: Counter[str]) -> tuple[tuple[str, int], ...]:
