@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ptesim.cli import main
+from ptesim.errors import UsageError
 
 GOOD_PROFILE = (Path(__file__).parents[1] / "src/ptesim/cost/profiles/altra.toml").read_text()
 assert re.search(r"(?m)^pte_write = ", GOOD_PROFILE) and re.search(r"(?m)^pte_read = ", GOOD_PROFILE)
@@ -241,7 +242,12 @@ def test_bad_invocation_is_one_line_exit_2(
 
 
 @pytest.mark.parametrize(
-    "argv", [["explain", "--mem", "4G", "--folio", "4K"], ["trace", "--mem", "8G", "--folio", "4K"]]
+    "argv",
+    [
+        ["explain", "--mem", "4G", "--folio", "4K", "--scenario", "cow-write"],
+        ["explain", "--mem", "4G", "--folio", "4K", "--engine", "reference"],
+        ["trace", "--mem", "8G", "--folio", "4K"],
+    ],
 )
 def test_mapping_beyond_memory_is_refused_up_front(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -254,3 +260,16 @@ def test_mapping_beyond_memory_is_refused_up_front(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "limit is" in err[0] and "available" in err[0], err
+
+
+def test_compact_engine_limit_reaches_64g(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 1 GiB available, the fast engine's compact state takes a first fork of 64 GiB of 4K
+    folios (a few hundred bytes per PTE table), where the reference engine is refused at ~1 GiB."""
+    from ptesim.fast import footprint
+
+    monkeypatch.setattr(footprint, "available_bytes", lambda: 1 << 30)
+    footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "fork-first", compact=True)
+    with pytest.raises(UsageError):
+        footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "fork-first", compact=False)
+    with pytest.raises(UsageError):
+        footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "cow-write", compact=True)

@@ -1,11 +1,22 @@
 """How much memory a model run needs, and refusing up front what this machine cannot hold.
 
-The model keeps every PTE table as a list of integers and every folio as an object with per-page
-lists, so its memory grows with the mapping.  Measured with tracemalloc on ``fork-steady`` (a
-parent and a child mapping the same folios): about 860 bytes per 4K page with 4K folios, 294 with
-64K folios, 94 with PMD-mapped 2M folios, i.e. roughly 256 bytes per page of PTE tables and
-counters plus 604 bytes per folio.  A run whose estimate exceeds half of MemAvailable is refused
-with one line naming the largest mapping that would fit, instead of growing until it is killed.
+The reference engine keeps every PTE table as a list of integers and every folio as an object
+with per-page lists, so its memory grows with the mapping.  Measured with tracemalloc on
+``fork-steady`` (a parent and a child mapping the same folios): about 860 bytes per 4K page with
+4K folios, 294 with 64K folios, 94 with PMD-mapped 2M folios, i.e. roughly 256 bytes per page of
+PTE tables and counters plus 604 bytes per folio.
+
+The fast engine holds a uniformly populated PTE table as one linear descriptor and the folios it
+maps as one run (:mod:`ptesim.fast.memo`, "Compact state"), so for the scenarios that keep that
+form (populating, a first fork) its memory grows with the number of PTE tables, not pages:
+measured peak RSS of ``explain --arch x86 --folio 4K --scenario fork-first`` is 32 MB at 1G and
+68 MB at 64G, about 1.1 KiB per 2 MiB table (parent and child); 2 KiB are assumed, plus a fixed
+allowance for the tables and runs a record expands at once.  Other scenarios expand every table
+on their own (an exit or munmap zaps each table through its folio objects, COW writes, mprotect,
+mremap) and are estimated as the reference engine.
+
+A run whose estimate exceeds half of MemAvailable is refused with one line naming the largest
+mapping that would fit, instead of growing until it is killed.
 """
 
 from __future__ import annotations
@@ -16,17 +27,28 @@ from ptesim.units import format_size
 PER_PAGE = 256  # PTE entries of two address spaces, RSS and lookup tables, per base page
 PER_FOLIO = 604  # one folio object and its per-page lists and index entries
 PER_PAGE_PMD_MAPPED = 100  # a PMD-mapped folio: no PTE table, only its per-page lists
+#: fast engine, compact scenarios: bytes per PTE table (two address spaces' tables and one run)
+PER_TABLE_COMPACT = 2048
+#: fast engine: expanded tables and runs alive at once (records, zaps between compactions)
+COMPACT_ALLOWANCE = 256 << 20
 GIB = 1 << 30
 HEADROOM = 0.5  # of MemAvailable: the interpreter's own overhead and other users
 #: scenarios that allocate a second copy of every page (COW)
 COPYING = ("cow-write",)
+#: scenarios the fast engine runs on compact state from start to end
+COMPACT = ("populate", "fork-first")
 
 
-def state_bytes(mem: int, page: int, folio: int, pmd: int, scenario: str | None = None) -> int:
-    """Estimated peak bytes of model state for ``mem`` of ``folio``-sized folios."""
+def state_bytes(
+    mem: int, page: int, folio: int, pmd: int, scenario: str | None = None, *, compact: bool = False
+) -> int:
+    """Estimated peak bytes of model state for ``mem`` of ``folio``-sized folios (``compact``:
+    the fast engine runs this machine)."""
     pages = mem // page
     if folio >= pmd:
         est = pages * PER_PAGE_PMD_MAPPED
+    elif compact and scenario in COMPACT:
+        return (pages // (pmd // page) + 1) * PER_TABLE_COMPACT + COMPACT_ALLOWANCE
     else:
         est = pages * PER_PAGE + (pages // max(1, folio // page)) * PER_FOLIO
     if scenario in COPYING:
@@ -46,18 +68,22 @@ def available_bytes() -> int | None:
     return None
 
 
-def check_fits(mem: int, page: int, folio: int, pmd: int, scenario: str | None = None) -> None:
+def check_fits(
+    mem: int, page: int, folio: int, pmd: int, scenario: str | None = None, *, compact: bool = False
+) -> None:
     """Raise a one-line :class:`UsageError` if the model state would not fit in memory."""
     avail = available_bytes()
     if avail is None:
         return
-    need = state_bytes(mem, page, folio, pmd, scenario)
+    need = state_bytes(mem, page, folio, pmd, scenario, compact=compact)
     limit = int(avail * HEADROOM)
     if need <= limit:
         return
-    per_gib = max(1, state_bytes(1 << 30, page, folio, pmd, scenario))
+    per_gib = max(1, state_bytes(1 << 30, page, folio, pmd, scenario, compact=compact))
     fits_gib = limit / per_gib
+    engine = "fast engine, " if compact and scenario in COMPACT and folio < pmd else ""
     raise UsageError(
         f"--mem {format_size(mem)} of {format_size(folio)} folios needs about {need / GIB:.1f}G of model"
-        f" state; with {avail / GIB:.1f}G available the limit is {fits_gib:.0f}G of these folios"
+        f" state ({engine}{scenario or 'this run'}); with {avail / GIB:.1f}G available the limit is"
+        f" {fits_gib:.0f}G of these folios"
     )

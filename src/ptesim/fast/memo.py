@@ -63,6 +63,9 @@ _GATHER_APART = (
 )
 #: Runs expanded within one operation before the engine tries to compact them again (memory bound).
 _PENDING_MAX = 256
+#: Records of one zap key kept under exact batch states before the rest run the reference code:
+#: where a table's slots are not a divisor of the batch page (4K folios), the states never repeat.
+_BATCH_RECORDS = 16
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -187,6 +190,8 @@ class FastEngine:
         #: counts of compact replays not yet added: id(record) -> [record, counter, times]
         self._owed: dict[int, list[Any]] = {}
         self._scratch: Counter[tuple[str, str, int]] = Counter()
+        #: records kept per zap key under an exact batch state (see _BATCH_RECORDS)
+        self._batch_records: Counter[Key] = Counter()
         #: the record the last per-table copy used, and its folios (for the compact form)
         self._last: tuple[Template | None, list[Folio]] = (None, [])
 
@@ -961,7 +966,11 @@ class FastEngine:
         # batch pages (or flushes, which is left to the reference)
         bkey = (key, _batch_state(tlb))
         xt = self.templates.get(bkey)
-        if xt is not None or (tpl is not None and not tpl.replayable):
+        if (
+            xt is not None
+            or (tpl is not None and not tpl.replayable)
+            or self._batch_records[key] >= _BATCH_RECORDS
+        ):
             if xt is not None and xt.replayable:
                 self._last = (xt, [])
                 return self._zap_replay(xt, tlb, mm, tab, folios, rel, base)
@@ -1019,6 +1028,7 @@ class FastEngine:
                 tpl_new.active_after, tpl_new.count_after = tlb.active, tlb.batch_count
         if crossed or tlb.flushes != flushes_before:
             self.templates[bkey] = tpl_new  # this batch state moves on or flushes every time
+            self._batch_records[key] += 1
         elif tpl is None:
             self.templates[key] = tpl_new
         self._last = (tpl_new, [])

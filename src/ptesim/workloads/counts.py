@@ -86,7 +86,7 @@ def run_latency(op: str, spec: ModelSpec) -> PhaseCounts:
     """:func:`latency_counts` for a machine already described by a :class:`ModelSpec`."""
     if op not in LATENCY_OPS:
         raise UsageError(f"unknown latency operation {op!r}; known: {', '.join(LATENCY_OPS)}")
-    k = spec.build()
+    k = spec.build(LATENCY_OPS[op])
     SCENARIOS[LATENCY_OPS[op]][0](k, spec)
     return {p: Counter(c) for p, c in k.sink.by_phase().items()}
 

@@ -64,7 +64,8 @@ class ModelSpec:
             cfg = cfg.with_overrides(self.overrides)
         return cfg
 
-    def build(self) -> Kernel:
+    def build(self, scenario: str | None = None) -> Kernel:
+        """The machine, refused up front if ``scenario`` on it would not fit in memory."""
         k = Kernel(
             self.arch,
             self.config(),
@@ -82,10 +83,11 @@ class ModelSpec:
             )
         k.set_folio_size(self.folio)
         g = k.arch.geometry
-        check_fits(self.mem, g.page_size, self.folio, g.pmd_size)
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
-        if self.engine == "fast" and engine_applies(k):
+        fast = self.engine == "fast" and engine_applies(k)
+        check_fits(self.mem, g.page_size, self.folio, g.pmd_size, scenario, compact=fast)
+        if fast:
             k.fast = FastEngine(k)
         return k
 
@@ -346,7 +348,7 @@ SCENARIOS: dict[str, tuple[Callable[[Kernel, ModelSpec], None], str]] = {
 def run_scenario(spec: ModelSpec, scenario: str) -> ScenarioResult:
     if scenario not in SCENARIOS:
         raise UsageError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
-    k = spec.build()
+    k = spec.build(scenario)
     SCENARIOS[scenario][0](k, spec)
     return ScenarioResult(spec, scenario, k.sink, k)
 
