@@ -71,6 +71,15 @@ PRIMITIVES: dict[str, str] = {
     "mapcount": "one atomic on a per-page _mapcount or a folio's _mapcount/_entire_mapcount",
     "large_mapcount": "one atomic on a large folio's _large_mapcount (>= v6.11)",
     "anon_exclusive": "one atomic set/clear of PageAnonExclusive",
+    "tlb_page": (
+        "one page or folio range queued on an mmu_gather (__tlb_remove_page_size / "
+        "__tlb_remove_folio_pages) and released from it at the flush (free_pages_and_swap_cache: "
+        "page_folio of its page, free_swap_cache, the release loop; the reference drop is folio_ref)"
+    ),
+    "rmap_stat": (
+        "one mapped-page statistic update by an rmap add or remove (__lruvec_stat_mod_folio of "
+        "NR_ANON_MAPPED, NR_FILE_MAPPED, NR_ANON_THPS ...: the node's and the memcg's per-CPU counters)"
+    ),
     "page_copy": "one base page copied (COW, pinned-page copy at fork)",
     "page_zero": "one base page zeroed for a new anonymous folio",
     "folio_alloc": "one folio allocated (any order)",

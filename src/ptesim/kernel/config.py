@@ -57,6 +57,16 @@ class KernelConfig:
         "zap_pte_range batches present PTEs of one large folio (zap_present_ptes + clear_full_ptes).",
         "10ebac4f95e7 'mm/memory: optimize unmap/zap with PTE-mapped THP' (v6.9)",
     )
+    zap_batch_folio: bool = _flag(
+        True,
+        "A zap batch leaves the PTE clear as one folio range too: one folio_remove_rmap_ptes(nr) and "
+        "one __tlb_remove_folio_pages(nr) entry per batch (v6.9).  Off: the contpte series' own zap "
+        "batching (v3 02/15, v4 03/16), which batches only clear_ptes and still calls "
+        "page_remove_rmap and __tlb_remove_page for every page.  Read only with zap_batch.",
+        "on: 10ebac4f95e7 'mm/memory: optimize unmap/zap with PTE-mapped THP' and 'mm/mmu_gather: add "
+        "__tlb_remove_folio_pages()' (LKML 20240214204435.167852-9; v6.9); off: LKML 20231218105100.172635-4 "
+        "(v4 03/16 'mm: Batch-clear PTE ranges during zap_pte_range()')",
+    )
     large_mapcount: bool = _flag(
         False,
         "Large folios keep a total mapcount (_large_mapcount) updated beside per-page mapcounts.",
@@ -281,6 +291,7 @@ _PER_PTE: dict[str, Any] = dict(
 )
 _V1_CONTPTE: dict[str, Any] = dict(
     contpte=True,
+    zap_batch_folio=False,
     contpte_fold="every_set",
     contpte_wrprotect="generic",
     contpte_set_ptes="v1",

@@ -580,13 +580,17 @@ def zap_present_folio_ptes(
             arch.clear_full_ptes(mm, addr, pte, nr, tlb.fullmm)
         rss[MM_ANONPAGES] += nr
     tlb.tlb_remove_tlb_entries(addr, nr)
-    if delay_rmap:
-        tlb.delayed_rmaps.append((folio, page, nr))
-    else:
-        folio_remove_rmap_ptes(folio, page, nr, vma)
-    if __tlb_remove_folio_pages(tlb, folio, nr, delay_rmap):
-        force_flush = True
-        force_break = True
+    # v6.9 hands the batch on as one folio range; the contpte series' zap batching (v4 03/16)
+    # cleared the batch at once but then removed the rmap and queued the page one page at a time.
+    per_folio = nr == 1 or mm.kernel.cfg.zap_batch_folio
+    for first, n in ((page, nr),) if per_folio else ((page + i, 1) for i in range(nr)):
+        if delay_rmap:
+            tlb.delayed_rmaps.append((folio, first, n))
+        else:
+            folio_remove_rmap_ptes(folio, first, n, vma)
+        if __tlb_remove_folio_pages(tlb, folio, n, delay_rmap):
+            force_flush = True
+            force_break = True
     return force_flush, force_break
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ptesim.events import kfunc
+from ptesim.events import emit, kfunc
 from ptesim.kernel.folio import Folio
 
 if TYPE_CHECKING:
@@ -187,6 +187,9 @@ def __tlb_remove_folio_pages(tlb: MmuGather, folio: Folio, nr: int, delay_rmap: 
     ``delay_rmap``: the rmap of these pages is removed only after the TLB flush (tlb_flush_rmaps);
     the caller has set ``tlb.delayed_rmap`` through tlb_delay_rmap()."""
     batch = tlb.batches[tlb.active]
+    # One entry (an encoded page, plus its nr_pages for a range): queued here, and at the flush
+    # released by free_pages_and_swap_cache(), which reads page_folio() of the entry's page.
+    emit("tlb_page", mm=tlb.mm)
     tlb.pages.append((folio, nr))
     batch.nr += 1 if nr == 1 else 2
     if tlb.free_before_flush:

@@ -32,6 +32,15 @@ def folio_needs_cow_for_dma(vma: Vma, folio: Folio) -> bool:
     return vma.mm.has_pinned and folio.maybe_dma_pinned()
 
 
+def __lruvec_stat_mod_folio(folio: Folio, mm: MmStruct) -> None:
+    """mm/memcontrol.c (v6.9): one update of a mapped-page statistic (NR_ANON_MAPPED,
+    NR_FILE_MAPPED, NR_ANON_THPS, ...) on the node's and the folio's memcg per-CPU counters.  rmap
+    calls it once per __folio_add_anon_rmap / __folio_add_file_rmap / __folio_remove_rmap call that
+    changed the number of mapped pages (mm/rmap.c, v6.9), so a per-PTE zap of a large folio pays it
+    per page and a batched zap once per batch."""
+    emit("rmap_stat", mm=mm)
+
+
 def _page_mapcount_atomic(folio: Folio, mm: MmStruct) -> None:
     """One atomic on a page's _mapcount -- unless the kernel is built with CONFIG_NO_PAGE_MAPCOUNT
     (v6.15, 20250303163014.1128035-1), where large folios keep no per-page mapcount (the model
@@ -113,6 +122,9 @@ def folio_add_new_anon_rmap(folio: Folio, vma: Vma, addr: int, pmd_mapped: bool 
     if mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=mm)
         folio.large_mapcount = folio.nr_pages
+    if pmd_mapped:
+        __lruvec_stat_mod_folio(folio, mm)  # NR_ANON_THPS
+    __lruvec_stat_mod_folio(folio, mm)  # NR_ANON_MAPPED
 
 
 @kfunc
@@ -132,6 +144,8 @@ def folio_add_file_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None
                 folio_inc_nr_pages_mapped(folio, mm)
     if first and mm.kernel.cfg.nr_pages_mapped_batch:
         folio_add_nr_pages_mapped(folio, mm, first)
+    if first or (not folio.large and folio.mapcount[page] == 1):
+        __lruvec_stat_mod_folio(folio, mm)  # NR_FILE_MAPPED
     if vma.mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=vma.mm)
         folio.large_mapcount += nr
@@ -190,6 +204,8 @@ def folio_remove_rmap_ptes(folio: Folio, page: int, nr: int, vma: Vma) -> None:
             folio.anon_exclusive[i] = False
     if last and batch:
         folio_sub_nr_pages_mapped(folio, mm, last)
+    if last or (not folio.large and folio.mapcount[page] == 0):
+        __lruvec_stat_mod_folio(folio, mm)  # NR_ANON_MAPPED / NR_FILE_MAPPED
     if mm.kernel.cfg.large_mapcount and folio.large:
         emit("large_mapcount", mm=mm)
         folio.large_mapcount -= nr
@@ -209,6 +225,9 @@ def folio_remove_rmap_pmd(folio: Folio, vma: Vma) -> None:
         raise AssertionError(f"entire mapcount underflow on {folio!r}")
     if folio.entire_mapcount == 0:
         folio_dec_nr_pages_mapped(folio, vma.mm)
+        __lruvec_stat_mod_folio(folio, vma.mm)  # NR_ANON_THPS / NR_*_PMDMAPPED
+        if not any(folio.mapcount):
+            __lruvec_stat_mod_folio(folio, vma.mm)  # NR_ANON_MAPPED / NR_FILE_MAPPED
     if vma.mm.kernel.cfg.large_mapcount:
         emit("large_mapcount", mm=vma.mm)
         folio.large_mapcount -= folio.nr_pages
