@@ -149,8 +149,10 @@ def test_gather_batch_full_is_per_batch_page(granule: int, single_pages: int) ->
         folio = k.pages.folio_alloc(0, mm=t.mm)
     tlb = tlb_gather_mmu(t.mm)
     tlb.tlb_flush_pte_range(0, granule)
-    full_at = next(i for i in range(1, 20000) if __tlb_remove_folio_pages(tlb, folio, 1))
+    with k.operation(t, "munmap"):  # each queued entry is counted (tlb_page)
+        full_at = next(i for i in range(1, 20000) if __tlb_remove_folio_pages(tlb, folio, 1))
     assert full_at == single_pages
+    assert k.sink.totals()["tlb_page"] == single_pages
     assert len(tlb.batches) == 1 + max_gather_batch_count(granule)
     assert tlb.batches[0].max == MMU_GATHER_BUNDLE
 
@@ -164,10 +166,11 @@ def test_gather_large_folio_entries_take_two_slots() -> None:
         folio = k.pages.folio_alloc(4, mm=t.mm)
     tlb = tlb_gather_mmu(t.mm)
     tlb.tlb_flush_pte_range(0, 4096)
-    for _ in range(3):
+    with k.operation(t, "munmap"):
+        for _ in range(3):
+            assert not __tlb_remove_folio_pages(tlb, folio, 16)
+        assert tlb.active == 0 and tlb.batches[0].nr == 6
         assert not __tlb_remove_folio_pages(tlb, folio, 16)
-    assert tlb.active == 0 and tlb.batches[0].nr == 6
-    assert not __tlb_remove_folio_pages(tlb, folio, 16)
     assert tlb.active == 1 and tlb.batches[0].nr == 8
 
 
@@ -361,3 +364,38 @@ def test_x86_and_arm64_update_mmu_cache_is_a_noop() -> None:
         res = run_scenario(ModelSpec(arch=arch, folio=64 * KiB, mem=MiB, checks=True), "populate")
         c = Counter(with_aggregates(res.sink.totals()))
         assert c["tlbi_page"] == 0 and c["tlbi_asid"] == 0
+
+
+# ---- 6. per-page zap work that v6.9's batching removes ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preset,overrides,per_page",
+    [
+        ("v6.8", {}, True),  # zap_pte_range one PTE at a time
+        ("v6.9", {"contpte": "n"}, False),  # zap_present_folio_ptes: one batch per folio
+        # contpte v4 03/16 (LKML 20231218105100.172635-4): clear_ptes batched, rmap + gather per page
+        ("contpte-v2-01-13", {"contpte": "n", "zap_batch": "y"}, True),
+    ],
+)
+def test_munmap_statistic_and_gather_entry_per_page_or_per_batch(
+    preset: str, overrides: dict[str, str], per_page: bool
+) -> None:
+    """__folio_remove_rmap (mm/rmap.c v6.9) updates the mapped-page statistic
+    (__lruvec_stat_mod_folio) once per call that unmapped pages, and every call of
+    __tlb_remove_folio_pages queues one gather entry: a munmap of 4M of PTE-mapped 2M folios is 1024
+    of each per page-wise zap and 2 (one per folio) with v6.9's batching."""
+    spec = ModelSpec(
+        arch="arm64",
+        preset=preset,
+        overrides=overrides,
+        folio=2 * MiB,
+        mem=4 * MiB,
+        mapping="pte",
+        checks=True,
+    )
+    c = run_scenario(spec, "munmap").sink.totals()
+    want = 1024 if per_page else 2
+    assert c["rmap_stat"] == want
+    assert c["tlb_page"] == want
+    assert c["mapcount"] == 2 * 1024  # _mapcount and _nr_pages_mapped per page either way (v6.9)

@@ -135,7 +135,10 @@ def fit_tables(
     s2 = rss / (n - p) if n > p else rss / max(n, 1)
     at_bound: dict[str, str] = {}
     for i, k in enumerate(keys):
-        if best.x[i] - lower[i] < math.log(AT_BOUND):
+        b = profile.bounds[k]
+        # A floor of 0 is searched from 1e-6 in log space: there, "on the bound" means within 0.1%
+        # of the range above zero, not within 1% of the search's stand-in for zero.
+        if best.x[i] - lower[i] < math.log(AT_BOUND) or (b.lo == 0 and math.exp(best.x[i]) < 1e-3 * b.hi):
             at_bound[k] = "lower"
         elif upper[i] - best.x[i] < math.log(AT_BOUND):
             at_bound[k] = "upper"
