@@ -263,3 +263,16 @@ def test_validate_cross_validate_predicts_each_table_with_a_refit_that_never_saw
     for c in doc["cells"]:
         tol = 0.05 if c["metric"] != "seconds" else 1e-3 * c["published"]
         assert c["predicted"] == pytest.approx(c["published"], abs=tol)
+
+
+def test_a_fit_on_a_zero_floor_is_reported_on_its_bound() -> None:
+    """A zero floor is searched from 1e-6 in log space: 1.01e-6 of a 0-3000 ns range is on the
+    floor (and printed as such), 690 ns is not; 1% of a positive floor or ceiling is."""
+    from ptesim.cost.tablefit import bound_side
+
+    assert bound_side(1.011e-6, 0.0, 3000.0) == "lower"
+    assert bound_side(690.0, 0.0, 3000.0) == ""
+    assert bound_side(0.3335, 1 / 3, 4.0) == "lower"
+    assert bound_side(0.34, 1 / 3, 4.0) == ""
+    assert bound_side(133.3, 10 / 3, 400 / 3) == "upper"
+    assert bound_side(120.0, 10 / 3, 400 / 3) == ""

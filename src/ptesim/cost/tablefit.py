@@ -67,6 +67,18 @@ class TableFit:
         return out
 
 
+def bound_side(value: float, lo: float, hi: float) -> str:
+    """ "lower" or "upper" when a fitted value ended on that bound of its range (within 1%), else "".
+
+    A floor of 0 is searched from 1e-6 in log space: there, "on the bound" means below 0.1% of
+    the ceiling, not within 1% of the search's stand-in for zero."""
+    if value < max(lo, 1e-6) * AT_BOUND or (lo == 0 and value < 1e-3 * hi):
+        return "lower"
+    if value * AT_BOUND > hi:
+        return "upper"
+    return ""
+
+
 def is_held(cell: PubCell, holdout: Sequence[str]) -> bool:
     return any(matches(cell, item) for item in holdout)
 
@@ -135,13 +147,9 @@ def fit_tables(
     s2 = rss / (n - p) if n > p else rss / max(n, 1)
     at_bound: dict[str, str] = {}
     for i, k in enumerate(keys):
-        b = profile.bounds[k]
-        # A floor of 0 is searched from 1e-6 in log space: there, "on the bound" means within 0.1%
-        # of the range above zero, not within 1% of the search's stand-in for zero.
-        if best.x[i] - lower[i] < math.log(AT_BOUND) or (b.lo == 0 and math.exp(best.x[i]) < 1e-3 * b.hi):
-            at_bound[k] = "lower"
-        elif upper[i] - best.x[i] < math.log(AT_BOUND):
-            at_bound[k] = "upper"
+        side = bound_side(math.exp(best.x[i]), profile.bounds[k].lo, profile.bounds[k].hi)
+        if side:
+            at_bound[k] = side
     # Laplace approximation over the parameters inside their ranges; one held on its bound by the
     # constraint is treated as fixed there (its bound is a physical limit, not an estimate).
     free = np.array([k not in at_bound for k in keys])
