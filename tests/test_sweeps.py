@@ -166,3 +166,14 @@ def test_plot_of_single_runs_and_of_whatif_op(capsys: pytest.CaptureFixture[str]
         png = tmp_path / f"{name}.png"
         run(capsys, *argv, "--plot", str(png))
         assert png.read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_fuzz_sweeps_targets_as_independent_campaigns(capsys: pytest.CaptureFixture[str]) -> None:
+    """fuzz --arch x86,riscv runs one campaign per target (cells on the pool) and reports each."""
+    rc = main(["fuzz", "--arch", "x86,riscv", "--preset", "v6.9", "--examples", "6", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [(c["target"], c["examples"], c["violations"]) for c in doc["campaigns"]] == [
+        ("x86 v6.9", 6, []),
+        ("riscv v6.9", 6, []),
+    ]

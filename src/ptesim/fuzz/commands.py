@@ -13,7 +13,7 @@ from ptesim.arch import ARCHES
 from ptesim.errors import UsageError
 from ptesim.fuzz.program import Program, Target
 from ptesim.kernel.config import PRESETS
-from ptesim.options import add_options, single
+from ptesim.options import add_options, combinations
 from ptesim.report.tidy import add_scheduler_option
 
 if TYPE_CHECKING:
@@ -33,13 +33,14 @@ def _int(text: str, what: str, lo: int, hi: int) -> int:
     return n
 
 
-def target_from_args(a: argparse.Namespace) -> Target:
-    c = single(a, "fuzz", fields=("arch", "preset", "granule"))
+def targets_from_args(a: argparse.Namespace) -> list[Target]:
+    """One target per combination of ``--arch --preset --granule`` (comma lists sweep)."""
+    combos = combinations(a, fields=("arch", "preset", "granule"))
     if a.mutant is not None:
         from ptesim.mutants import mutant
 
         mutant(a.mutant)
-    return Target(c.arch, c.preset, c.granule, c.cpu_features, a.mutant)
+    return [Target(c.arch, c.preset, c.granule, c.cpu_features, a.mutant) for c in combos]
 
 
 def _violation_json(res: FuzzResult) -> list[dict[str, Any]]:
@@ -68,12 +69,19 @@ def _campaign_cell(task: tuple[Target, int, int | None, int, bool, str | None]) 
     return fuzz(target, n, seed=seed, steps=steps, shrink=shrink, diff=diff)
 
 
-def campaign(
-    target: Target, examples: int, *, seed: int | None, steps: int, shrink: bool, diff: str | None
-) -> FuzzResult:
-    """``examples`` random programs on ``target``: one campaign in this process up to
-    :data:`CAMPAIGN_CELL` programs (a bar counts the programs), else independent cells of that
-    many in parallel (a bar counts the cells).  The violation reported is the first cell's, in
+def campaigns(
+    targets: list[Target],
+    examples: int,
+    *,
+    seed: int | None,
+    steps: int,
+    shrink: bool,
+    diff: str | None,
+) -> list[FuzzResult]:
+    """``examples`` random programs on each target.  One target and up to :data:`CAMPAIGN_CELL`
+    programs run in this process (a bar counts the programs); otherwise every target's programs
+    are split into independent cells of that many, all run on the local process pool or a Dask
+    cluster (a bar counts the cells).  A target's violation is that of its first failing cell in
     seed order, so that a seed gives the same answer on any number of workers."""
     import time
 
@@ -81,35 +89,41 @@ def campaign(
     from ptesim.parallel import map_cells
     from ptesim.progress import bar
 
-    if examples <= CAMPAIGN_CELL:
-        with bar(f"fuzz {target.label()}", examples) as advance:
-            return fuzz(
-                target, examples, seed=seed, steps=steps, shrink=shrink, diff=diff, on_example=advance
-            )
+    if len(targets) == 1 and examples <= CAMPAIGN_CELL:
+        with bar(f"fuzz {targets[0].label()}", examples) as advance:
+            return [
+                fuzz(
+                    targets[0], examples, seed=seed, steps=steps, shrink=shrink, diff=diff, on_example=advance
+                )
+            ]
     sizes = [CAMPAIGN_CELL] * (examples // CAMPAIGN_CELL) + [examples % CAMPAIGN_CELL] * bool(
         examples % CAMPAIGN_CELL
     )
     tasks = [
         (target, n, None if seed is None else (seed + i) % 2**32, steps, shrink, diff)
+        for target in targets
         for i, n in enumerate(sizes)
     ]
     t0 = time.perf_counter()
-    results = map_cells(
-        _campaign_cell, tasks, what=f"fuzz {target.label()} ({CAMPAIGN_CELL} programs a cell)"
-    )
-    done = 0
-    for r in results:
-        if r.violation is not None:
-            first = done + (r.first_failure_example or r.examples)
-            return FuzzResult(target, first, time.perf_counter() - t0, r.violation, first, diff)
-        done += r.examples
-    return FuzzResult(target, done, time.perf_counter() - t0, None, None, diff)
+    results = map_cells(_campaign_cell, tasks, what=f"fuzz ({CAMPAIGN_CELL} programs a cell)")
+    seconds = time.perf_counter() - t0
+    out = []
+    for k, target in enumerate(targets):
+        done, found = 0, None
+        for r in results[k * len(sizes) : (k + 1) * len(sizes)]:
+            if r.violation is not None:
+                first = done + (r.first_failure_example or r.examples)
+                found = FuzzResult(target, first, seconds, r.violation, first, diff)
+                break
+            done += r.examples
+        out.append(found or FuzzResult(target, done, seconds, None, None, diff))
+    return out
 
 
 def cmd_fuzz(a: argparse.Namespace) -> int:
     if a.replay is not None:
         return _replay(a)
-    target = target_from_args(a)
+    targets = targets_from_args(a)
     examples = _int(a.examples, "--examples", 1, 1_000_000)
     steps = _int(a.steps, "--steps", 1, 1000)
     seed = None if a.seed is None else _int(a.seed, "--seed", 0, 2**32 - 1)
@@ -118,26 +132,31 @@ def cmd_fuzz(a: argparse.Namespace) -> int:
             raise UsageError(f"unknown --diff preset {a.diff!r}; known: {', '.join(PRESETS)}")
         if a.mutant is not None:
             raise UsageError("--diff and --mutant contradict: a differential run compares two clean kernels")
-    res = campaign(target, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
-    if a.save_program and res.violation:
-        Path(a.save_program).write_text(res.violation.program.dumps() + "\n")
-    if a.json:
-        out = {
-            "target": target.label(),
+    results = campaigns(targets, examples, seed=seed, steps=steps, shrink=not a.no_shrink, diff=a.diff)
+    failed = [r for r in results if r.violation]
+    if a.save_program and failed:
+        Path(a.save_program).write_text(failed[0].violation.program.dumps() + "\n")  # type: ignore[union-attr]
+    docs = [
+        {
+            "target": r.target.label(),
             "diff": a.diff,
-            "examples": res.examples,
-            "seconds": round(res.seconds, 3),
-            "violations": _violation_json(res),
+            "examples": r.examples,
+            "seconds": round(r.seconds, 3),
+            "violations": _violation_json(r),
         }
-        print(json.dumps(out, indent=2))
+        for r in results
+    ]
+    if a.json:
+        print(json.dumps(docs[0] if len(docs) == 1 else {"campaigns": docs}, indent=2))
     else:
         vs = f" against {a.diff}" if a.diff else ""
-        print(f"{res.examples} programs on {target.label()}{vs} in {res.seconds:.1f}s")
-        if res.violation:
-            _print_violation(res)
-        else:
-            print("no violation")
-    return 1 if res.violation else 0
+        for res in results:
+            print(f"{res.examples} programs on {res.target.label()}{vs} in {res.seconds:.1f}s")
+            if res.violation:
+                _print_violation(res)
+            else:
+                print("no violation")
+    return 1 if failed else 0
 
 
 def _replay(a: argparse.Namespace) -> int:
