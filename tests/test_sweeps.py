@@ -118,7 +118,7 @@ class _Terminal(io.StringIO):
     [
         (["fuzz", "--arch", "x86", "--examples", "3"], "fuzz x86"),
         (["mutants", "--only", "fold-drops-dirty", "--budget", "5"], "mutants"),
-        (["explain", "--arch", "x86", "--folio", "4K,64K", "--mem", "256K"], "explain"),
+        (["explain", "--arch", "x86", "--folio", "4K,64K", "--mem", "256K"], "model runs"),
     ],
 )
 def test_progress_bar_on_a_terminal_only(

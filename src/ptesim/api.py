@@ -35,6 +35,7 @@ __all__ = [
     "Validation",
     "count",
     "count_cell",
+    "count_many",
     "machine",
     "price",
     "sweep",
@@ -224,6 +225,17 @@ def count_cell(cell: tuple[str, ModelSpec]) -> Counts:
     return count(scenario, spec=spec)
 
 
+def count_many(cells: Sequence[tuple[str, ModelSpec]]) -> list[Counts]:
+    """:func:`count` of every ``(scenario, spec)`` cell, in order: on the local process pool, or
+    on a Dask cluster (:mod:`ptesim.parallel`), with a progress bar on a terminal.  What a sweep
+    (``ptesim explain`` with comma lists, :func:`sweep`) runs."""
+    from ptesim.parallel import map_cells
+
+    if len(cells) == 1:
+        return [count_cell(cells[0])]
+    return map_cells(count_cell, list(cells), what="model runs")
+
+
 @dataclass(frozen=True)
 class TraceRecord:
     """One counted primitive, in execution order, with the kernel call chain (outermost first)."""
@@ -299,7 +311,8 @@ def sweep(
     primitives: Sequence[str] | None = None,
     **options: Any,
 ) -> Any:
-    """Count ``scenario`` over the cartesian product of every option given as a list.
+    """Count ``scenario`` over the cartesian product of every option given as a list, the
+    combinations run in parallel as the CLI's sweeps are (:func:`count_many`).
 
     Returns one row per combination (the options, then the total of each primitive): a pandas
     DataFrame when pandas is installed, else a list of dicts.  ``primitives`` picks the count
@@ -311,9 +324,11 @@ def sweep(
     """
     keys = list(options)
     rows: list[dict[str, Any]] = []
-    for values in itertools.product(*(_as_list(options[k]) for k in keys)):
-        opts = dict(zip(keys, values, strict=True))
-        c = count(scenario, **opts)
+    combos = [
+        dict(zip(keys, v, strict=True)) for v in itertools.product(*(_as_list(options[k]) for k in keys))
+    ]
+    counted = count_many([(scenario, machine(**opts)) for opts in combos])
+    for opts, c in zip(combos, counted, strict=True):
         row: dict[str, Any] = {}
         for k, v in opts.items():
             row[k] = to_bytes(v, k) if k in ("folio", "mem", "granule") else v

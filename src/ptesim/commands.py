@@ -7,14 +7,13 @@ import json
 import sys
 from typing import Any
 
-from ptesim.api import Counts, count, count_cell
+from ptesim.api import Counts, count_many
 from ptesim.argcheck import int_arg
 from ptesim.errors import UsageError
 from ptesim.events import SCHEMA_KEYS
 from ptesim.fast.memo import ENGINES
 from ptesim.kernel.config import FLAG_FIELDS, PRESETS
 from ptesim.options import add_options, combinations, single, varying
-from ptesim.parallel import map_cells
 from ptesim.report.tidy import (
     KEY_COLUMNS,
     Column,
@@ -184,9 +183,7 @@ def explain_counts(a: argparse.Namespace) -> tuple[list[str], list[Counts]]:
         spec = c.model_spec(placement=a.placement, checks=a.check, engine=a.engine)
         spec.config()
         cells.append((a.scenario, spec))
-    if len(cells) == 1:
-        return varying(combos), [count(a.scenario, spec=cells[0][1])]
-    return varying(combos), map_cells(count_cell, cells, what="explain")
+    return varying(combos), count_many(cells)
 
 
 def sweep_table(counts: list[Counts], keys: list[str]) -> Tidy:
