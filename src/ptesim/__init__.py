@@ -13,6 +13,7 @@ from ptesim.api import (
     TraceRecord,
     Validation,
     count,
+    latency,
     machine,
     price,
     sweep,
@@ -20,6 +21,7 @@ from ptesim.api import (
     trace,
     validate,
     validation,
+    wis,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "Validation",
     "__version__",
     "count",
+    "latency",
     "machine",
     "price",
     "sweep",
@@ -36,4 +39,5 @@ __all__ = [
     "trace",
     "validate",
     "validation",
+    "wis",
 ]

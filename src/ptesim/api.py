@@ -33,9 +33,11 @@ __all__ = [
     "Price",
     "TraceRecord",
     "Validation",
+    "combinations",
     "count",
     "count_cell",
     "count_many",
+    "latency",
     "machine",
     "price",
     "sweep",
@@ -43,6 +45,7 @@ __all__ = [
     "trace",
     "validate",
     "validation",
+    "wis",
 ]
 
 Size = int | str
@@ -413,3 +416,94 @@ def validate(tables: Sequence[str] | None = None, *, cross_validate: bool = Fals
     df = pd.DataFrame(rows)
     df.attrs["summary"] = v.summary
     return df
+
+
+def combinations(**options: Any) -> list[Combination]:
+    """The checked combinations of ``options`` (the CLI's shared options as keywords; ``arch``,
+    ``preset``, ``granule``, ``folio``, ``mem`` and ``cpus`` may be lists, sizes ``"64K"`` or
+    bytes), in the order the CLI runs them: the cartesian product, ``arch`` varying slowest.
+
+    >>> [(c.preset, c.folio) for c in combinations(preset=["v6.8", "v6.9"], folio="64K")]
+    [('v6.8', 65536), ('v6.9', 65536)]
+    """
+    from ptesim.arch import ARCHES
+    from ptesim.kernel.config import PRESETS
+    from ptesim.options import SWEEP_FIELDS
+
+    unknown = set(options) - {*SWEEP_FIELDS, "cpu_features", "overrides", "mapping", "profile", "baseline"}
+    if unknown:
+        raise UsageError(f"unknown option {sorted(unknown)[0]!r}")
+    axes: dict[str, list[Any]] = {}
+    for name in SWEEP_FIELDS:
+        if name not in options:
+            continue
+        values = _as_list(options[name])
+        if name in ("folio", "mem"):
+            values = [to_bytes(v, name) for v in values]
+        elif name == "granule":
+            values = [_granule(v) for v in values]
+        elif name == "cpus":
+            values = [int(v) for v in values]
+        elif name == "arch":
+            for v in values:
+                if v not in ARCHES:
+                    raise UsageError(f"unknown arch {v!r}; known: {', '.join(ARCHES)}")
+        elif name == "preset":
+            for v in values:
+                if v not in PRESETS:
+                    raise UsageError(f"unknown preset {v!r}; known: {', '.join(PRESETS)}")
+        axes[name] = values
+    common: dict[str, Any] = {k: options[k] for k in ("mapping", "profile", "baseline") if k in options}
+    if options.get("cpu_features") is not None:
+        common["cpu_features"] = tuple(options["cpu_features"])
+    if options.get("overrides"):
+        common["overrides"] = tuple(f"{k}={v}" for k, v in options["overrides"].items())
+    out = []
+    for point in itertools.product(*axes.values()):
+        c = Combination(**common, **dict(zip(axes, point, strict=True)))
+        check_combination(c)
+        out.append(c)
+    return out
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        return rows
+    return pd.DataFrame(rows)
+
+
+def wis(**options: Any) -> Any:
+    """will-it-scale fork-and-exit priced by the model (``ptesim wis``) for every combination of
+    ``options`` (:func:`combinations`; ``cpus`` default 1,8,16,24,32, ``mem`` 128M per worker,
+    ``baseline`` the same preset without PTE_CONT): one row per combination and CPU count, with
+    the fields of ``ptesim wis --json`` (``docs/schema.md``); a DataFrame when pandas is installed.
+
+    >>> rows = wis(arch="x86", preset=["v6.8", "v6.9"], mem="2M", cpus=8, baseline="v6.8")
+    >>> rows = rows.to_dict("records") if hasattr(rows, "columns") else rows
+    >>> [(r["preset"], r["cpus"], r["steady_change_pct"] == 0) for r in rows]
+    [('v6.8', 8, True), ('v6.9', 8, False)]
+    """
+    from ptesim.cost.commands import wis_table
+
+    options.setdefault("cpus", [1, 8, 16, 24, 32])
+    options.setdefault("mem", "128M")
+    return _frame(wis_table(combinations(**options)).rows)
+
+
+def latency(op: str = "fork", **options: Any) -> Any:
+    """One process's ``op`` priced by the model (``ptesim latency``) for every combination of
+    ``options`` (``mem`` default 1G): one row per combination with the fields of
+    ``ptesim latency --json`` (``time_ns`` and its interval, by category, ``change_pct`` with a
+    ``baseline``); a DataFrame when pandas is installed.
+
+    >>> rows = latency("fork", arch="arm64", folio=["64K", "2M"], mem="4M")
+    >>> rows = rows.to_dict("records") if hasattr(rows, "columns") else rows
+    >>> rows[0]["time_ns"] > rows[1]["time_ns"] > 0
+    True
+    """
+    from ptesim.cost.commands import latency_table
+
+    options.setdefault("mem", "1G")
+    return _frame(latency_table(op, combinations(**options)).rows)

@@ -370,7 +370,7 @@ def wis_table(combos: list[Combination]) -> Tidy:
 
 
 def _wis(args: argparse.Namespace) -> int:
-    table = wis_table(combinations(args))
+    table = wis_table(combinations(args))  # ptesim.api.wis() prices the same table
 
     def plot(path: str) -> None:
         from ptesim.report.plots import sweep_plot
