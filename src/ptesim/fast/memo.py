@@ -15,10 +15,13 @@ The record is *replayable* only if nothing else changed: no folio allocated or f
 dropped, no gather flush, no folio data written, no new folio reached.  Every later table with the
 same key gets the record applied through the folio bijection instead of running the code.
 
-What the engine knows of the kernel is limited to *where* state lives (the fields it snapshots) and
-one fact about the gather: a queued entry only matters through its active batch page filling up
-(``nr >= max - 1``, then tlb_next_batch), so a record that stayed within one batch page replays
-wherever the active batch page has as much headroom.  The
+What the engine knows of the kernel is limited to *where* state lives (the fields it snapshots)
+and one fact about the gather: its batch pages affect a zap only through the return value of
+``__tlb_remove_folio_pages`` (True: flush now), and nothing there is counted.  So a zap record
+that did not flush queues its pages on replay through that very function, and if the gather asks
+for a flush there the replay is undone and the table runs the reference code.  Uniform tables
+and their folios are also held in compact form (linear tables, folio runs; see docs/design.md,
+"Compact state"), expanded on the first access by anything else.  The
 differential tests (tests/test_fast_engine.py) run every scenario, arch and preset of the test
 matrix and random fuzz programs on both engines and compare counts and final state exactly.
 """
@@ -63,9 +66,6 @@ _GATHER_APART = (
 )
 #: Runs expanded within one operation before the engine tries to compact them again (memory bound).
 _PENDING_MAX = 256
-#: Records of one zap key kept under exact batch states before the rest run the reference code:
-#: where a table's slots are not a divisor of the batch page (4K folios), the states never repeat.
-_BATCH_RECORDS = 16
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -103,17 +103,11 @@ class Template:
     counts: Counter[tuple[str, str, int]] | None = None
     ret: int | None = None  # zap: where it stopped, relative to the table base
     queued: tuple[tuple[int, int], ...] = ()  # zap: (folio ordinal, nr) appended to the gather
-    slots: int = 0  # zap: gather slots the run consumed
     gather_after: tuple[Any, ...] = ()
     new_folios: tuple[tuple[tuple[str, str, Any], ...], ...] = ()  # populate: whole state
     new_offsets: tuple[int, ...] = ()  # populate: PFN of each new folio from the first one
     #: populate: the record in compact form (:class:`Linear`), False if it has none, None: not derived
     linear: Any = None
-    #: zap that moved the gather on to other batch pages (keyed by the exact batch state): every
-    #: batch page's (max, nr) after it, the active one and the batch page count (None: it did not)
-    batches_after: tuple[tuple[int, int], ...] | None = None
-    active_after: int = 0
-    count_after: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -190,8 +184,10 @@ class FastEngine:
         #: counts of compact replays not yet added: id(record) -> [record, counter, times]
         self._owed: dict[int, list[Any]] = {}
         self._scratch: Counter[tuple[str, str, int]] = Counter()
-        #: records kept per zap key under an exact batch state (see _BATCH_RECORDS)
-        self._batch_records: Counter[Key] = Counter()
+        import ptesim.kernel.mmu_gather as gather
+
+        #: the gather's own queueing function (a dunder name: not importable by name in a class)
+        self._tlb_remove_folio_pages = gather.__dict__["__tlb_remove_folio_pages"]
         #: the record the last per-table copy used, and its folios (for the compact form)
         self._last: tuple[Template | None, list[Folio]] = (None, [])
 
@@ -911,25 +907,22 @@ class FastEngine:
             run.order,
             self._folio_state(run.proto),
         )
-        bstate = _batch_state(tlb)
         tpl = self.linear.get(ckey)
-        if (
-            type(tpl) is not Template
-            or tlb.batches[tlb.active].nr + tpl.slots >= tlb.batches[tlb.active].max - 1
-        ):
-            tpl = self.linear.get((ckey, bstate))
         if type(tpl) is Template and len(tpl.folio_changes) == run.count:
             start, stop, nr = run.pfn, run.end_pfn, 1 << run.order
             pages.materialise(start)
             by_pfn = pages._by_pfn
-            return self._zap_replay(
-                tpl, tlb, mm, tab, [by_pfn[p] for p in range(start, stop, nr)], None, base
-            )
+            folios = [by_pfn[p] for p in range(start, stop, nr)]
+            ret = self._zap_replay(tpl, tlb, mm, tab, folios, None, base)
+            if ret is not None:
+                return ret
+            self.stats["reference"] += 1
+            return fn(tlb, vma, addr, end)
         ret = self._zap_table(fn, tlb, vma, addr, end, tab)
         tpl, _ = self._last
         self._last = (None, [])
         if tpl is not None and tpl.replayable:
-            self.linear[ckey if tpl.batches_after is None else (ckey, bstate)] = tpl
+            self.linear[ckey] = tpl
         return ret
 
     def _zap_table(
@@ -957,23 +950,12 @@ class FastEngine:
             tuple(self._folio_state(f) for f in folios),
         )
         tpl = self.templates.get(key)
-        if tpl is not None and tpl.replayable:
-            batch = tlb.batches[tlb.active]
-            if batch.nr + tpl.slots < batch.max - 1:
+        if tpl is not None:
+            if tpl.replayable:
                 self._last = (tpl, [])
-                return self._zap_replay(tpl, tlb, mm, tab, folios, rel, base)
-        # the record of this table from exactly this batch state: one that moves on to other
-        # batch pages (or flushes, which is left to the reference)
-        bkey = (key, _batch_state(tlb))
-        xt = self.templates.get(bkey)
-        if (
-            xt is not None
-            or (tpl is not None and not tpl.replayable)
-            or self._batch_records[key] >= _BATCH_RECORDS
-        ):
-            if xt is not None and xt.replayable:
-                self._last = (xt, [])
-                return self._zap_replay(xt, tlb, mm, tab, folios, rel, base)
+                ret = self._zap_replay(tpl, tlb, mm, tab, folios, rel, base)
+                if ret is not None:
+                    return ret
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         self.stats["recorded"] += 1
@@ -985,21 +967,18 @@ class FastEngine:
         data_before = [list(f.data) for f in folios]
         gather_before = dict(vars(tlb))
         queued_before = list(tlb.pages)
-        active_before, count_before = tlb.active, tlb.batch_count
-        slots_before = tlb.batches[tlb.active].nr
         flushes_before = tlb.flushes
         ret, counts = self._recorded(fn, tlb, vma, addr, end)
         n_folios = len(folios)
         after = self._relative(tab.entries, folios, index)
         appended = tlb.pages[len(queued_before) :]
-        crossed = tlb.active != active_before or tlb.batch_count != count_before
         ok = (
             ret == end
             and len(folios) == n_folios
             and tlb.flushes == flushes_before
-            and (crossed or tlb.batches[tlb.active].nr >= slots_before)
             and tlb.pages[: len(queued_before)] == queued_before
             and not tlb.delayed_rmap
+            and not tlb.free_before_flush
             and all(id(f) in index for f, _ in appended)
             and self._fingerprint() == before
             and self._mm_key(mm) == mm_before
@@ -1007,9 +986,9 @@ class FastEngine:
             and self._translatable(after, folios)
             and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
         )
-        tpl_new = Template(replayable=False)
+        tpl = Template(replayable=False)
         if ok:
-            tpl_new = Template(
+            tpl = Template(
                 replayable=True,
                 entries_after=after,
                 folio_changes=tuple(
@@ -1020,19 +999,34 @@ class FastEngine:
                 counts=counts,
                 ret=ret - base,
                 queued=tuple((index[id(f)], nr) for f, nr in appended),
-                slots=tlb.batches[tlb.active].nr - slots_before if not crossed else 0,
                 gather_after=self._gather_after(tlb, gather_before, base),
             )
-            if crossed:
-                tpl_new.batches_after = _batch_state(tlb)[2]
-                tpl_new.active_after, tpl_new.count_after = tlb.active, tlb.batch_count
-        if crossed or tlb.flushes != flushes_before:
-            self.templates[bkey] = tpl_new  # this batch state moves on or flushes every time
-            self._batch_records[key] += 1
-        elif tpl is None:
-            self.templates[key] = tpl_new
-        self._last = (tpl_new, [])
+        if ok or tlb.flushes == flushes_before:
+            self.templates[key] = tpl
+        # else: the gather flushed during this table (its batch pages were full); the next table
+        # of this kind, from another point of the gather, is recorded afresh
+        self._last = (tpl, [])
         return ret
+
+    def _queue(self, tlb: MmuGather, entries: list[tuple[Folio, int]]) -> bool:
+        """Queue a record's pages through the gather's own ``__tlb_remove_folio_pages``, which
+        moves on to further batch pages as it fills them (nothing there is counted).  If it asks
+        for a flush (the record's run did not), undo the queueing and return False: that table
+        runs the reference code, which flushes where the kernel does."""
+        queue = self._tlb_remove_folio_pages
+        pages = tlb.pages
+        n_pages, n_batches = len(pages), len(tlb.batches)
+        active, count = tlb.active, tlb.batch_count
+        nrs = [b.nr for b in tlb.batches]
+        for f, nr in entries:
+            if queue(tlb, f, nr):
+                del pages[n_pages:]
+                del tlb.batches[n_batches:]
+                for b, v in zip(tlb.batches, nrs, strict=True):
+                    b.nr = v
+                tlb.active, tlb.batch_count = active, count
+                return False
+        return True
 
     def _zap_replay(
         self,
@@ -1043,11 +1037,12 @@ class FastEngine:
         folios: list[Folio],
         rel: tuple[Rel, ...] | None,
         base: int,
-    ) -> int:
-        sink = self.kernel.sink
-        batch = tlb.batches[tlb.active]
-        self.stats["replayed"] += 1
+    ) -> int | None:
+        """Apply a zap record; None (and nothing changed) if the gather must flush within it."""
         assert tpl.counts is not None and tpl.ret is not None
+        if tlb.free_before_flush or not self._queue(tlb, [(folios[k], nr) for k, nr in tpl.queued]):
+            return None
+        self.stats["replayed"] += 1
         if rel is None or tpl.entries_after != rel:
             after = self._absolute(tpl.entries_after, folios)
             if tab.linear is not None:  # no list to update: the table gets one
@@ -1060,31 +1055,13 @@ class FastEngine:
                 self._apply_folio_changes(f, ch)
         mm.rss.update(dict(tpl.rss[0]))
         mm.nr_ptes += tpl.nr_ptes[0]
-        tlb.pages.extend((folios[k], nr) for k, nr in tpl.queued)
-        if tpl.batches_after is None:
-            batch.nr += tpl.slots
-        else:
-            from ptesim.kernel.mmu_gather import MmuGatherBatch
-
-            batches = tlb.batches
-            for i, (mx, nr) in enumerate(tpl.batches_after):
-                if i == len(batches):
-                    batches.append(MmuGatherBatch(mx))
-                batches[i].nr = nr
-            tlb.active, tlb.batch_count = tpl.active_after, tpl.count_after
         for n, (how, v) in tpl.gather_after:
             if how == "rel":
                 setattr(tlb, n, base + v)
             else:
                 _thaw_into(tlb, n, v)
-        sink.counts.update(tpl.counts)
+        self.kernel.sink.counts.update(tpl.counts)
         return base + tpl.ret
-
-
-def _batch_state(tlb: MmuGather) -> tuple[int, int, tuple[tuple[int, int], ...]]:
-    """Where the gather is in its batch pages: the active one, how many were allocated, and
-    every batch page's (max, nr)."""
-    return tlb.active, tlb.batch_count, tuple((b.max, b.nr) for b in tlb.batches)
 
 
 def _delta(before: Counter[str], after: Counter[str]) -> tuple[tuple[str, int], ...]:
