@@ -18,9 +18,6 @@ from ptesim.fuzz import DiffRunner, Program, Runner, Step, Target
 from ptesim.kernel.check import validate_all
 from ptesim.kernel.core import Kernel
 
-#: one pytest-xdist worker runs every test that reads the fuzz budget (computed once per process)
-pytestmark = pytest.mark.xdist_group("fuzz")
-
 KiB = 1024
 S = Step.make
 

@@ -11,9 +11,6 @@ from fuzz_campaigns import MUTANT_BUDGET, SEED, Campaign, results
 from ptesim.fuzz import Program, Target
 from ptesim.mutants import MUTANTS, mutant, patched
 
-#: one pytest-xdist worker runs every test that reads the fuzz budget (computed once per process)
-pytestmark = pytest.mark.xdist_group("fuzz")
-
 
 @pytest.mark.parametrize("name", [n for n, m in MUTANTS.items() if not m.count_only])
 def test_mutant_is_caught(name: str) -> None:
