@@ -17,9 +17,10 @@ same key gets the record applied through the folio bijection instead of running 
 
 What the engine knows of the kernel is limited to *where* state lives (the fields it snapshots)
 and one fact about the gather: its batch pages affect a zap only through the return value of
-``__tlb_remove_folio_pages`` (True: flush now), and nothing there is counted.  So a zap record
-that did not flush queues its pages on replay through that very function, and if the gather asks
-for a flush there the replay is undone and the table runs the reference code.  Uniform tables
+``__tlb_remove_folio_pages`` (True: flush now), whose counts do not depend on them.  So a zap
+record that did not flush queues its pages on replay through that very function (counts muted:
+the record has them), and if the gather asks for a flush there the replay is undone and the
+table runs the reference code.  Uniform tables
 and their folios are also held in compact form (linear tables, folio runs; see docs/design.md,
 "Compact state"), expanded on the first access by anything else.  The
 differential tests (tests/test_fast_engine.py) run every scenario, arch and preset of the test
@@ -1010,23 +1011,29 @@ class FastEngine:
 
     def _queue(self, tlb: MmuGather, entries: list[tuple[Folio, int]]) -> bool:
         """Queue a record's pages through the gather's own ``__tlb_remove_folio_pages``, which
-        moves on to further batch pages as it fills them (nothing there is counted).  If it asks
-        for a flush (the record's run did not), undo the queueing and return False: that table
-        runs the reference code, which flushes where the kernel does."""
+        moves on to further batch pages as it fills them (its counts muted: the record has them).
+        If it asks for a flush (the record's run did not), undo the queueing and return False:
+        that table runs the reference code, which flushes where the kernel does."""
         queue = self._tlb_remove_folio_pages
         pages = tlb.pages
         n_pages, n_batches = len(pages), len(tlb.batches)
         active, count = tlb.active, tlb.batch_count
         nrs = [b.nr for b in tlb.batches]
-        for f, nr in entries:
-            if queue(tlb, f, nr):
-                del pages[n_pages:]
-                del tlb.batches[n_batches:]
-                for b, v in zip(tlb.batches, nrs, strict=True):
-                    b.nr = v
-                tlb.active, tlb.batch_count = active, count
-                return False
-        return True
+        sink = self.kernel.sink
+        saved, sink.counts = sink.counts, self._scratch  # its counts are in the record
+        try:
+            for f, nr in entries:
+                if queue(tlb, f, nr):
+                    del pages[n_pages:]
+                    del tlb.batches[n_batches:]
+                    for b, v in zip(tlb.batches, nrs, strict=True):
+                        b.nr = v
+                    tlb.active, tlb.batch_count = active, count
+                    return False
+            return True
+        finally:
+            sink.counts = saved
+            self._scratch.clear()
 
     def _zap_replay(
         self,
