@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ptesim.kernel.core import Kernel
+from ptesim.kernel.core import Kernel, SegmentationFault
 
 PAGE = 4096
 
@@ -49,3 +49,29 @@ def test_spurious_write_fault_on_a_stale_read_only_entry_completes(monkeypatch: 
     th.write(a, 3)  # CPU 1: its stale read-only entry faults on an entry that is already writable
     assert [c[1] for c in calls] == [a]
     assert t.read(a) == 3 and th.read(a) == 3
+
+
+def test_pmd_aligned_mremap_moves_a_pmd_mapped_thp_whole() -> None:
+    """mm/mremap.c move_page_tables(): with both ends PMD-aligned, a PMD-mapped THP moves whole
+    (move_huge_pmd: get-and-clear the old PMD leaf, set it at the new address, flush the old
+    PMD range): the same pages, still PMD-mapped, at the new address, and nothing at the old
+    one, not even in the TLB of the CPU that used it."""
+    MiB = 1 << 20
+    k = Kernel("x86", "v6.9", checks=True)
+    k.set_folio_size(2 * MiB)
+    t = k.spawn(0)
+    a = t.mmap(4 * MiB)
+    offsets = range(0, 4 * MiB, 64 * 1024)
+    for off in offsets:
+        t.write(a + off, off)
+    thps = (0, 2 * MiB)
+    assert all(isinstance(t.mm.pmd_entry(a + off), int) for off in thps)  # PMD-mapped
+    pfns = [t.translate(a + off) for off in thps]
+    new = a + 8 * MiB
+    assert t.mremap(a, 4 * MiB, new) == new
+    assert all(isinstance(t.mm.pmd_entry(new + off), int) for off in thps)
+    assert [t.translate(new + off) for off in thps] == pfns  # moved, not copied
+    for off in offsets:
+        assert t.read(new + off) == off
+    with pytest.raises(SegmentationFault):
+        t.read(a)
