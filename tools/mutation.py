@@ -2,8 +2,8 @@
 """Mutation testing of ``kernel/``, ``arch/`` and ``cost/`` with mutmut, outside the default suite.
 
 mutmut rewrites every function of those packages into many small variants (an operator flipped,
-a constant changed, a call's argument dropped) and runs, for each variant, the tests that reach the
-function.  A variant that no test and no fuzz program notices *survives*; a surviving variant is a
+a constant changed, a call's argument dropped) and runs, for each variant, the tests that execute
+the lines it changed.  A variant that no test and no fuzz program notices *survives*; a surviving variant is a
 place where the model could be wrong without anyone knowing.
 
 The run happens in a copy of the repository (``--workdir``, default ``/tmp/ptesim-mutation``), so
@@ -14,13 +14,29 @@ without the process-pool fuzz campaigns, which mutmut cannot attribute to functi
 
 mutmut leaves decorated functions alone; in the copy, ``@kfunc`` / ``@kname(...)`` are moved
 after the function (``f = kfunc(f)``, the same object at run time) so that the kernel functions
-themselves are mutated too.  Each mutant runs the tests that reach its function (mutmut's
-per-function record), cheapest first, stopping at the first failure; the first failing test of
-every killed mutant is logged (``WORKDIR/kills.jsonl``) so that a kill can be traced to a test.
+themselves are mutated too.  mutmut writes the mutants (all variants of a function side by side,
+chosen at call time by ``MUTANT_UNDER_TEST``); the tests are chosen and run here:
 
-    python tools/mutation.py --sample 300 --seed 1    # 300 mutants drawn at random (seeded)
-    python tools/mutation.py --functions 'ptesim.cost.*' --all-of-functions   # a whole package
-    python tools/mutation.py --all                    # every mutant (hours on 2 cores)
+* one coverage run of the unmutated copy, one context per test (and a second, in-process pass of
+  the tests whose model runs go to a process pool), gives for each mutant the tests that execute
+  a line it changes; a test that executes none of them cannot tell the mutant apart, and a
+  mutant no test executes is "no tests" (a survivor) without running anything;
+* each mutant runs in a child forked from a process that imported everything once, its tests
+  cheapest first with ``-x``, under an RLIMIT_CPU of 30 s + 8x their coverage-run time;
+  pytest's exit 1 (a test failed) is a kill, SIGXCPU or the wall-clock limit a timeout (also a
+  kill); any other ending (usage or internal error, interrupted, another signal) is
+  "suspicious" and never a kill; the first failing test of each kill is logged
+  (``WORKDIR/kills.jsonl``) with its error line;
+* ``--budget S`` runs only the cheapest tests of each mutant up to S seconds; a mutant that
+  survives them is "survived (capped)" and counted as a survivor (the report also gives the
+  bound if all of them fell).
+
+A sample runs in its drawn order, so a run stopped early (``--continue`` resumes it) scores the
+longest completed prefix, itself a uniform sample.
+
+    python tools/mutation.py --sample 2000 --seed 13 --budget 10   # a seeded uniform sample
+    python tools/mutation.py --functions 'ptesim.cost.model.*' --all  # every mutant of a module
+    python tools/mutation.py --continue --budget 10   # resume an interrupted run
     python tools/mutation.py --rerun-survivors        # after adding tests: only the survivors
     python tools/mutation.py --report                 # the score of what has run so far
 
@@ -244,19 +260,66 @@ def pytest_selection(tests: list[str]) -> list[str]:
 PYTEST_ARGS = ["--rootdir=.", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not host and not slow"]
 
 
-def coverage_run(workdir: Path, tests: list[str]) -> None:
-    """Run the selected tests once on the unmutated copy under coverage, one context per test,
-    recording each test's CPU time (``WORKDIR/durations.json``)."""
+#: tests whose model runs go to a process pool (``ptesim.parallel.map_cells``), where coverage
+#: does not follow them; a second coverage pass runs them with ``PTESIM_JOBS=1`` (in-process;
+#: without the fuzz and mutant hunts, which fork by themselves)
+POOL_TESTS = (
+    "tests/test_readme_tour.py",
+    "tests/test_cost_cli.py",
+    "tests/test_calibrate.py",
+    "tests/test_mprotect_mremap.py",
+    "tests/test_sweeps.py",
+    "tests/test_cli_model.py",
+    "tests/test_options.py",
+    "tests/test_tables.py",
+    "tests/test_store.py",
+)
+
+
+def coverage_run_new(workdir: Path, tests: list[str]) -> set[str]:
+    """Coverage of tests added since the run (``.coverage.new``): their ids, their durations
+    merged into ``durations.json``."""
+    include = ",".join(f"src/ptesim/{p}/*" for p in PACKAGES)
     e = env(workdir)
     e["PYTHONPATH"] = str(workdir / "src")
-    e["PTESIM_MUTATION_COVERAGE"] = str(workdir / "durations.json")
+    e["PTESIM_MUTATION_COVERAGE"] = str(workdir / "durations.new.json")
     e.pop("PTESIM_MUTATION_KILL_LOG")
+    cmd = [sys.executable, "-m", "coverage", "run", "--data-file=.coverage.new", f"--include={include}"]
+    cmd += ["-m", "pytest", "-q", *PYTEST_ARGS, *tests]
+    if subprocess.run(cmd, cwd=workdir, env=e).returncode != 0:
+        raise SystemExit("the new tests fail on the unmutated model; fix that first")
+    new: dict[str, float] = json.loads((workdir / "durations.new.json").read_text())
+    path = workdir / "durations.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | new))
+    return set(new)
+
+
+def coverage_run(workdir: Path, tests: list[str]) -> None:
+    """Run the selected tests once on the unmutated copy under coverage, one context per test,
+    recording each test's CPU time (``WORKDIR/durations.json``); then the tests that use a
+    process pool again, in-process (``.coverage.inproc``; their failures there do not matter:
+    only which lines each test reaches is read)."""
     include = ",".join(f"src/ptesim/{p}/*" for p in PACKAGES)
-    cmd = [sys.executable, "-m", "coverage", "run", "--data-file=.coverage", f"--include={include}"]
-    cmd += ["-m", "pytest", "-q", *PYTEST_ARGS, *pytest_selection(tests)]
-    rc = subprocess.run(cmd, cwd=workdir, env=e).returncode
-    if rc != 0:
-        raise SystemExit(f"the unmutated tests fail under coverage (exit {rc}); fix that first")
+    for data, durations, extra, selection in (
+        (".coverage", "durations.json", {}, pytest_selection(tests)),
+        (
+            ".coverage.inproc",
+            "durations.inproc.json",
+            {"PTESIM_JOBS": "1"},
+            [*POOL_TESTS, "-k", "not fuzz and not mutants"],
+        ),
+    ):
+        if data != ".coverage" and not any(t == "tests" or t in POOL_TESTS for t in tests):
+            continue
+        e = env(workdir) | extra
+        e["PYTHONPATH"] = str(workdir / "src")
+        e["PTESIM_MUTATION_COVERAGE"] = str(workdir / durations)
+        e.pop("PTESIM_MUTATION_KILL_LOG")
+        cmd = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", f"--include={include}"]
+        cmd += ["-m", "pytest", "-q", *PYTEST_ARGS, *selection]
+        rc = subprocess.run(cmd, cwd=workdir, env=e).returncode
+        if rc != 0 and data == ".coverage":
+            raise SystemExit(f"the unmutated tests fail under coverage (exit {rc}); fix that first")
 
 
 def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
@@ -332,8 +395,10 @@ def select_tests(workdir: Path, names: list[str]) -> dict[str, list[str]]:
     the same under the mutant), from the coverage run; cheapest first."""
     import coverage
 
-    data = coverage.CoverageData(basename=str(workdir / ".coverage"))
-    data.read()
+    datas = []
+    for path in sorted(workdir.glob(".coverage*")):
+        datas.append(coverage.CoverageData(basename=str(path)))
+        datas[-1].read()
     durations: dict[str, float] = json.loads((workdir / "durations.json").read_text())
     by_module: dict[str, list[str]] = {}
     for n in names:
@@ -344,7 +409,10 @@ def select_tests(workdir: Path, names: list[str]) -> dict[str, list[str]]:
         if not src.exists():
             src = src.with_suffix("") / "__init__.py"
         funcs = _functions(ast.parse(src.read_text()))
-        ctx = data.contexts_by_lineno(str(src.resolve()))
+        ctx: dict[int, set[str]] = {}
+        for data in datas:
+            for line, cs in data.contexts_by_lineno(str(src.resolve())).items():
+                ctx.setdefault(line, set()).update(cs)
         sources = mutant_sources(workdir, module)
         for n in mnames:
             base = n.rpartition(".")[2].rpartition("__mutmut_")[0]
@@ -389,10 +457,15 @@ os.dup2(saved[0], 1); os.dup2(saved[1], 2)
 
 def child(job):
     from mutmut.mutation.trampoline import set_mutant_under_test
+    os.setpgid(0, 0)  # a process group: a timeout also ends the pool workers a test started
     fd = os.open(os.path.join(logs, job["mutant"] + ".log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1); os.dup2(fd, 2)
     resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_limit"], job["cpu_limit"] + 5))
     set_mutant_under_test(job["mutant"])
+    # every trampolined call asks which mutant is active; in this child the answer never changes,
+    # so answer without reading os.environ (subprocesses still read MUTANT_UNDER_TEST)
+    import mutmut.mutation.trampoline as trampoline
+    trampoline.get_mutant_under_test = lambda name=job["mutant"]: name
     try:
         rc = int(pytest.main(["-x", "-q", *args, *job["tests"]]))
     except BaseException:
@@ -415,11 +488,15 @@ while queue or running:
         now = time.monotonic()
         for p, (job, t0) in list(running.items()):
             if now - t0 > job["wall_limit"]:
-                os.kill(p, signal.SIGKILL)
+                os.killpg(p, signal.SIGKILL)
                 job["wall_killed"] = True
         time.sleep(0.05)
         continue
     job, t0 = running.pop(pid)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # whatever the mutant's tests left running
+    except ProcessLookupError:
+        pass
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = -sig
@@ -432,7 +509,10 @@ while queue or running:
     else:
         code = os.WEXITSTATUS(status)
         st = {0: "survived", 1: "killed"}.get(code, "suspicious")
+    if st == "survived" and job["all_tests"] > len(job["tests"]):
+        st = "survived (capped)"
     rec = {"mutant": job["mutant"], "status": st, "exit": code, "tests": len(job["tests"]),
+           "all_tests": job["all_tests"],
            "cpu": round(usage.ru_utime + usage.ru_stime, 2), "wall": round(time.monotonic() - t0, 2)}
     with open(results, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -442,21 +522,48 @@ while queue or running:
 """
 
 
-def run_mutants(workdir: Path, names: list[str], jobs: int) -> int:
+def run_mutants(
+    workdir: Path, names: list[str], jobs: int, budget: float | None = None, only: set[str] | None = None
+) -> int:
     """Run each mutant's selected tests in a child forked from a process that has imported
-    everything once; a mutant no test executes is recorded as "no tests" without running."""
+    everything once; a mutant no test executes is recorded as "no tests" without running.
+
+    With a ``budget`` (seconds of the coverage run's test time) a mutant runs only its cheapest
+    tests up to that budget (at least one); if it survives them it is "survived (capped)", and
+    ``--rerun-survivors --budget 0`` runs it again with every test.  With ``only`` (test ids) a
+    mutant runs only those of its tests, and one that reaches none keeps its result."""
     selection = select_tests(workdir, names)
     durations: dict[str, float] = json.loads((workdir / "durations.json").read_text())
     todo = []
     with (workdir / "results.jsonl").open("a") as f:
         for n in names:
             tests = selection[n]
+            if only is not None:
+                tests = [t for t in tests if t in only]
+                if not tests:
+                    continue
             if not tests:
                 f.write(json.dumps({"mutant": n, "status": "no tests", "exit": None, "tests": 0}) + "\n")
                 continue
+            if budget:
+                total, cut = 0.0, len(tests)
+                for i, t in enumerate(tests):
+                    total += durations[t]
+                    if total > budget and i > 0:
+                        cut = i
+                        break
+                tests = tests[:cut]
             est = sum(durations[t] for t in tests)
             cpu = math.ceil(30 + 8 * est)  # the trampolines make the model about 4x slower
-            todo.append({"mutant": n, "tests": tests, "cpu_limit": cpu, "wall_limit": 3 * cpu + 120})
+            todo.append(
+                {
+                    "mutant": n,
+                    "tests": tests,
+                    "all_tests": len(selection[n]),
+                    "cpu_limit": cpu,
+                    "wall_limit": 6 * cpu + 300,
+                }
+            )
     (workdir / "todo.json").write_text(json.dumps(todo))
     print(f"{len(names) - len(todo)} mutants reached by no test; running {len(todo)}", flush=True)
     cmd = [sys.executable, "-c", RUNNER, str(workdir), str(jobs), *PYTEST_ARGS]
@@ -558,6 +665,14 @@ def report(workdir: Path, diffs: bool = True) -> str:
             f"score: {killed}/{run} = {100 * killed / run:.1f}% killed (a test failed, or a timeout); "
             f"95% interval (Clopper-Pearson) {100 * lo:.1f}–{100 * hi:.1f}%"
         )
+        capped = counts.get("survived (capped)", 0)
+        if capped:
+            lo2, hi2 = exact_ci(killed + capped, run)
+            lines.append(
+                f"upper bound: {killed + capped}/{run} = {100 * (killed + capped) / run:.1f}% "
+                f"({100 * lo2:.1f}–{100 * hi2:.1f}%) if the {capped} capped survivors fell to their "
+                "remaining tests"
+            )
         lines += ["", *score_lines("package", by_pkg), "", *score_lines("module", by_mod)]
     else:
         lines.append("score: nothing run yet")
@@ -586,9 +701,28 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--all", action="store_true", help="run every mutant (of --functions)")
     mode.add_argument("--report", action="store_true", help="only print the score of what has run")
     mode.add_argument(
+        "--continue",
+        dest="cont",
+        action="store_true",
+        help="run the chosen mutants of an interrupted run that have no result yet",
+    )
+    mode.add_argument(
         "--rerun-survivors", action="store_true", help="run the surviving mutants of the last run again"
     )
     ap.add_argument("--no-diffs", action="store_true", help="--report without the survivors' diffs")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="run each mutant's cheapest tests up to this much test time (default: every test)",
+    )
+    ap.add_argument(
+        "--new-tests",
+        nargs="+",
+        metavar="TEST",
+        help="with --rerun-survivors: run only these (new) tests against the survivors they reach",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ptesim-mutation"))
@@ -609,9 +743,23 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in meta["chosen"] if n in res and res[n]["status"] not in KILLED]
         prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
         generate(workdir, a.jobs)
-        coverage_run(workdir, meta["tests"])
+        new = None
+        if a.new_tests:
+            new = coverage_run_new(workdir, a.new_tests)
+        else:
+            coverage_run(workdir, meta["tests"])
         print(f"running the {len(names)} survivors again", flush=True)
-        rc = run_mutants(workdir, names, a.jobs)
+        rc = run_mutants(workdir, names, a.jobs, a.budget, only=new)
+        text = report(workdir)
+        (workdir / "summary.md").write_text(text + "\n")
+        print(text)
+        return rc
+    if a.cont:
+        meta = json.loads((workdir / "run.json").read_text())
+        res = results(workdir)
+        names = [n for n in meta["chosen"] if n not in res]
+        print(f"running the {len(names)} chosen mutants that have no result yet", flush=True)
+        rc = run_mutants(workdir, names, a.jobs, a.budget)
         text = report(workdir)
         (workdir / "summary.md").write_text(text + "\n")
         print(text)
@@ -644,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (workdir / "run.json").write_text(json.dumps(meta))
     coverage_run(workdir, a.tests)
-    rc = run_mutants(workdir, chosen, a.jobs)
+    rc = run_mutants(workdir, chosen, a.jobs, a.budget)
     text = report(workdir)
     (workdir / "summary.md").write_text(text + "\n")
     print(text)
