@@ -201,3 +201,25 @@ def test_calibrate_csv_has_one_line_per_cell(tmp_path: Path) -> None:
         float(r["model"]) - float(r["measured"]) == pytest.approx(float(r["error_pp"]), abs=1e-3)
         for r in rows
     )
+
+
+def test_whatif_op_json_names_each_configuration() -> None:
+    """`whatif --op X --json`: each row names its configuration (docs/cost.md) in one fixed order
+    -- label, arch, the scenario priced, granule and folio as sizes, CPU features, the before and
+    after kernels with their overrides -- as the configuration that was priced has them."""
+    from ptesim.units import format_size
+
+    rc, text = _run(["whatif", "--op", "mprotect", "--mem", "4M", "--json"])
+    assert rc == 0
+    doc = json.loads(text)
+    configs = {c.label: c for c in whatif_mod.op_configs("mprotect")}
+    assert doc["op"] == "mprotect" and [r["config"] for r in doc["rows"]] == list(configs)
+    for row in doc["rows"]:
+        c = configs[row["config"]]
+        keys = ["config", "arch", "op", "granule", "folio", "cpu_features", "before", "after"]
+        assert list(row)[: len(keys)] == keys
+        assert row["arch"] == c.arch and row["op"] == c.op  # the scenario: mprotect or mprotect-threads
+        assert row["granule"] == format_size(c.granule) and row["folio"] == format_size(c.folio)
+        assert row["cpu_features"] == sorted(c.features)
+        assert row["before"] == {"preset": c.before[0], "overrides": dict(c.before[1])}
+        assert row["after"] == {"preset": c.after[0], "overrides": dict(c.after[1])}
