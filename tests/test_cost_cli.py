@@ -75,6 +75,18 @@ def test_latency_and_predict() -> None:
     )
     assert rc == 0
     (row,) = json.loads(text)["rows"]
+    # the row names what was priced: the arch of the profile, a 2M folio PMD-mapped, 8M
+    keys = ("op", "arch", "preset", "profile", "granule_bytes", "folio_bytes", "mem_bytes", "mapping")
+    assert {k: row[k] for k in keys} == {
+        "op": "fork",
+        "arch": "arm64",
+        "preset": "contpte-basic",
+        "profile": "altra",
+        "granule_bytes": 4 << 10,
+        "folio_bytes": 2 << 20,
+        "mem_bytes": 8 << 20,
+        "mapping": "pmd",
+    }
     assert row["time_ns"] > 0
     parts = sum(row[f"{c}_ns"] for c in CATEGORIES)
     assert parts == pytest.approx(row["time_ns"], rel=1e-5)
@@ -205,8 +217,8 @@ def test_calibrate_csv_has_one_line_per_cell(tmp_path: Path) -> None:
 
 def test_whatif_op_json_names_each_configuration() -> None:
     """`whatif --op X --json`: each row names its configuration (docs/cost.md) in one fixed order
-    -- label, arch, the scenario priced, granule and folio as sizes, CPU features, the before and
-    after kernels with their overrides -- as the configuration that was priced has them."""
+    -- label, arch, the scenario priced, granule and folio as sizes and in bytes, CPU features,
+    the before and after kernels with their overrides -- as the configuration priced has them."""
     from ptesim.units import format_size
 
     rc, text = _run(["whatif", "--op", "mprotect", "--mem", "4M", "--json"])
@@ -216,10 +228,11 @@ def test_whatif_op_json_names_each_configuration() -> None:
     assert doc["op"] == "mprotect" and [r["config"] for r in doc["rows"]] == list(configs)
     for row in doc["rows"]:
         c = configs[row["config"]]
-        keys = ["config", "arch", "op", "granule", "folio", "cpu_features", "before", "after"]
-        assert list(row)[: len(keys)] == keys
+        keys = ["config", "arch", "op", "granule", "folio", "granule_bytes", "folio_bytes", "cpu_features"]
+        assert list(row)[: len(keys) + 2] == [*keys, "before", "after"]
         assert row["arch"] == c.arch and row["op"] == c.op  # the scenario: mprotect or mprotect-threads
         assert row["granule"] == format_size(c.granule) and row["folio"] == format_size(c.folio)
+        assert (row["granule_bytes"], row["folio_bytes"]) == (c.granule, c.folio)
         assert row["cpu_features"] == sorted(c.features)
         assert row["before"] == {"preset": c.before[0], "overrides": dict(c.before[1])}
         assert row["after"] == {"preset": c.after[0], "overrides": dict(c.after[1])}
