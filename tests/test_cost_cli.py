@@ -236,3 +236,21 @@ def test_whatif_op_json_names_each_configuration() -> None:
         assert row["cpu_features"] == sorted(c.features)
         assert row["before"] == {"preset": c.before[0], "overrides": dict(c.before[1])}
         assert row["after"] == {"preset": c.after[0], "overrides": dict(c.after[1])}
+
+
+def test_profiles_json_lists_every_shipped_profile() -> None:
+    """`ptesim profiles --json`: one row per shipped profile, under the columns it announces, with
+    the profile's name, arch and preset and a count of calibrated and assumed parameters that
+    adds up to all of them."""
+    from ptesim.cost.profile import load_profile, shipped_profiles
+
+    rc, text = _run(["profiles", "--json"])
+    assert rc == 0
+    doc = json.loads(text)
+    assert doc["columns"][:3] == ["name", "arch", "preset"]
+    assert [r["name"] for r in doc["rows"]] == shipped_profiles()
+    for row in doc["rows"]:
+        assert set(row) == set(doc["columns"])
+        prof = load_profile(row["name"])
+        assert (row["arch"], row["preset"]) == (prof.arch, prof.preset)
+        assert row["calibrated"] + row["assumed"] == len(prof.parameters())
