@@ -276,3 +276,25 @@ def test_a_fit_on_a_zero_floor_is_reported_on_its_bound() -> None:
     assert bound_side(0.34, 1 / 3, 4.0) == ""
     assert bound_side(133.3, 10 / 3, 400 / 3) == "upper"
     assert bound_side(120.0, 10 / 3, 400 / 3) == ""
+
+
+def test_cell_selectors_name_exactly_the_cells_they_describe() -> None:
+    """``--holdout`` selectors (docs/cost.md): ``table`` names every cell of the table,
+    ``table#n`` one cell, ``table:column=value[,column=value]`` the cells whose columns all have
+    those values; a column outside the format is a usage error."""
+    from ptesim.cost.tables import matches, shipped_tables
+
+    cells = read_tables(shipped_tables())
+    c = cells[0]
+    same_table = [x for x in cells if x.table == c.table]
+    assert [x for x in cells if matches(x, c.table)] == same_table
+    assert [x for x in cells if matches(x, c.id)] == [c]
+    sel = f"{c.table}:folio={c.field('folio')},cpus={c.field('cpus')}"
+    want = [
+        x for x in same_table if x.field("folio") == c.field("folio") and x.field("cpus") == c.field("cpus")
+    ]
+    assert c in want and [x for x in cells if matches(x, sel)] == want
+    others = [x for x in same_table if x.field("folio") != c.field("folio")]
+    assert others and not any(matches(x, f"{c.table}:folio={c.field('folio')}") for x in others)
+    with pytest.raises(UsageError):
+        matches(c, f"{c.table}:colour=red")
