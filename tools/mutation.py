@@ -23,9 +23,10 @@ chosen at call time by ``MUTANT_UNDER_TEST``); the tests are chosen and run here
   mutant no test executes is "no tests" (a survivor) without running anything;
 * each mutant runs in a child forked from a process that imported everything once, its tests
   cheapest first with ``-x``, under an RLIMIT_CPU of 30 s + 8x their coverage-run time;
-  pytest's exit 1 (a test failed) is a kill, SIGXCPU or the wall-clock limit a timeout (also a
-  kill); any other ending (usage or internal error, interrupted, another signal) is
-  "suspicious" and never a kill; the first failing test of each kill is logged
+  pytest's exit 1 (a test failed) is a kill and SIGXCPU a timeout (also a kill); a child past
+  its wall-clock limit is a timeout only if it used at least half its CPU limit (on a busy
+  machine a starved child is not a slow mutant); any other ending (usage or internal error,
+  interrupted, another signal) is "suspicious" and never a kill; the first failing test of each kill is logged
   (``WORKDIR/kills.jsonl``) with its error line;
 * ``--budget S`` runs only the cheapest tests of each mutant up to S seconds; a mutant that
   survives them is "survived (capped)" and counted as a survivor (the report also gives the
@@ -500,12 +501,13 @@ while queue or running:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         code = -sig
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and job.get("wall_killed")):
+        cpu = usage.ru_utime + usage.ru_stime
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= job["cpu_limit"]):
             st = "timeout"
-        elif sig == signal.SIGKILL and usage.ru_utime + usage.ru_stime >= job["cpu_limit"]:
-            st = "timeout"
+        elif sig == signal.SIGKILL and job.get("wall_killed") and cpu >= job["cpu_limit"] / 2:
+            st = "timeout"  # spinning, but slower than its CPU limit allows on a busy machine
         else:
-            st = "suspicious"
+            st = "suspicious"  # another signal, or killed while starved of CPU: not a kill
     else:
         code = os.WEXITSTATUS(status)
         st = {0: "survived", 1: "killed"}.get(code, "suspicious")
@@ -561,7 +563,7 @@ def run_mutants(
                     "tests": tests,
                     "all_tests": len(selection[n]),
                     "cpu_limit": cpu,
-                    "wall_limit": 6 * cpu + 300,
+                    "wall_limit": 20 * cpu + 600,  # only for a hang: RLIMIT_CPU is the limit
                 }
             )
     (workdir / "todo.json").write_text(json.dumps(todo))
@@ -723,6 +725,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TEST",
         help="with --rerun-survivors: run only these (new) tests against the survivors they reach",
     )
+    ap.add_argument(
+        "--keep-coverage",
+        action="store_true",
+        help="with --rerun-survivors: select tests from the coverage data already in the workdir",
+    )
+    ap.add_argument(
+        "--scored-only",
+        action="store_true",
+        help="with --rerun-survivors: only the survivors in the scored prefix of the sample",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ptesim-mutation"))
@@ -740,13 +752,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.rerun_survivors:
         meta = json.loads((workdir / "run.json").read_text())
         res = results(workdir)
-        names = [n for n in meta["chosen"] if n in res and res[n]["status"] not in KILLED]
+        chosen = meta["chosen"]
+        if a.scored_only:
+            chosen = chosen[: next((i for i, n in enumerate(chosen) if n not in res), len(chosen))]
+        # survivors, and timeouts too: their limits are worth a second look
+        names = [n for n in chosen if n in res and res[n]["status"] != "killed"]
         prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
         generate(workdir, a.jobs)
         new = None
         if a.new_tests:
             new = coverage_run_new(workdir, a.new_tests)
-        else:
+        elif not a.keep_coverage:
             coverage_run(workdir, meta["tests"])
         print(f"running the {len(names)} survivors again", flush=True)
         rc = run_mutants(workdir, names, a.jobs, a.budget, only=new)
