@@ -80,7 +80,7 @@ CONFIG = """
 source_paths = ["src"]
 only_mutate = [{only}]
 also_copy = ["tools/", "docs/", "README.md", "conftest.py"]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not host and not slow"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-n", "0", "-m", "not host and not slow"]
 pytest_add_cli_args_test_selection = [{tests}, "--ignore=tests/test_lint.py", "-k", "{deselect}"]
 timeout_multiplier = 4.0
 """
@@ -258,7 +258,7 @@ def pytest_selection(tests: list[str]) -> list[str]:
     return [*tests, "--ignore=tests/test_lint.py", "-k", deselect]
 
 
-PYTEST_ARGS = ["--rootdir=.", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "not host and not slow"]
+PYTEST_ARGS = ["--rootdir=.", "-p", "no:cacheprovider", "-n", "0", "-m", "not host and not slow"]
 
 
 #: tests whose model runs go to a process pool (``ptesim.parallel.map_cells``), where coverage
@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep-coverage",
         action="store_true",
-        help="with --rerun-survivors: select tests from the coverage data already in the workdir",
+        help="with --rerun-survivors: the workdir as it is (no copy, no new coverage run)",
     )
     ap.add_argument(
         "--scored-only",
@@ -757,8 +757,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen = chosen[: next((i for i, n in enumerate(chosen) if n not in res), len(chosen))]
         # survivors, and timeouts too: their limits are worth a second look
         names = [n for n in chosen if n in res and res[n]["status"] != "killed"]
-        prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
-        generate(workdir, a.jobs)
+        if not a.keep_coverage:  # the workdir as it is: the sources it was sampled from
+            prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
+            generate(workdir, a.jobs)
         new = None
         if a.new_tests:
             new = coverage_run_new(workdir, a.new_tests)
