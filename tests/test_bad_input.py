@@ -48,6 +48,8 @@ PROGRAMS = {
     "bad_arch": '{"arch": "vax", "preset": "v6.9", "steps": []}',
     "bad_features": '{"arch": "x86", "preset": "v6.9", "features": ["tlbi-range"], "steps": []}',
     "bad_mutant": '{"arch": "x86", "preset": "v6.9", "mutant": "no-such-bug", "steps": []}',
+    "set_other_arch": '{"arch": "x86", "preset": "v6.9", "set": ["contpte=1"], "steps": []}',
+    "set_not_list": '{"arch": "arm64", "preset": "v6.9", "set": "fork_batch=none", "steps": []}',
 }
 
 #: (argv, a word the error line must contain)
@@ -111,6 +113,10 @@ CORPUS: list[tuple[list[str], str]] = [
     (["fuzz", "--replay", "{far_region}"], "region"),
     (["fuzz", "--replay", "{huge_pages}"], "pages"),
     (["fuzz", "--replay", "{bool_task}"], "task"),
+    (["fuzz", "--replay", "{set_other_arch}"], "contpte"),
+    (["fuzz", "--replay", "{set_not_list}"], "set"),
+    (["fuzz", "--arch", "x86", "--set", "contpte=1"], "contpte"),
+    (["fuzz", "--arch", "arm64", "--set", "fork_batch=bogus"], "bogus"),
     (["fuzz", "--replay", "{bad_prot}"], "prot"),
     (["fuzz", "--replay", "{extra_arg}"], "cpu"),
     (["fuzz", "--replay", "{bad_arch}"], "vax"),

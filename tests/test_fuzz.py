@@ -62,6 +62,33 @@ def test_program_json_round_trip(tmp_path: Path) -> None:
     assert out.returncode == 0 and "passes" in out.stdout
 
 
+def test_flag_overrides_reach_the_fuzzed_kernel(tmp_path: Path) -> None:
+    """``fuzz --set`` fuzzes the preset with the flag changed: the kernel a program runs on has it, a
+    saved program keeps it, and the per-PTE fork it selects really runs (one folio_ref per page of
+    the folio instead of one folio_ref_add for the batch)."""
+    steps = [
+        S("folio", order=4),
+        S("mmap", region=0, off=0, pages=16, shared=False),
+        S("populate", region=0, off=0, pages=16, value=1),
+        S("fork", cpu=1),
+    ]
+    refs = {}
+    for overrides in ((), ("fork_batch=none",)):
+        p = Program(Target("arm64", "v6.9", overrides=overrides), list(steps))
+        q = Program.from_json(json.loads(p.dumps()))
+        assert q.target == p.target
+        r = q.replay()
+        assert r.kernel.cfg.fork_batch == ("none" if overrides else "folio_pte_batch")
+        refs[overrides] = r.kernel.sink.totals().get("folio_ref", 0)
+    assert refs[("fork_batch=none",)] > refs[()]
+    f = tmp_path / "prog.json"
+    f.write_text(Program(Target("arm64", "v6.9", overrides=("fork_batch=none",)), steps).dumps())
+    out = subprocess.run(
+        [sys.executable, "-m", "ptesim.cli", "fuzz", "--replay", str(f)], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "fork_batch=none" in out.stdout + out.stderr
+
+
 def test_python_snippet_replays() -> None:
     """The printed Python snippet is a program that replays (and fails where the run failed)."""
     p = Program(

@@ -40,7 +40,7 @@ def targets_from_args(a: argparse.Namespace) -> list[Target]:
         from ptesim.mutants import mutant
 
         mutant(a.mutant)
-    return [Target(c.arch, c.preset, c.granule, c.cpu_features, a.mutant) for c in combos]
+    return [Target(c.arch, c.preset, c.granule, c.cpu_features, a.mutant, c.overrides) for c in combos]
 
 
 def _violation_json(res: FuzzResult) -> list[dict[str, Any]]:
@@ -308,7 +308,7 @@ def cmd_mutants(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("fuzz", help="random programs on the model, every invariant checked after each step")
-    add_options(p, "arch", "preset", "cpu_features", "granule")
+    add_options(p, "arch", "preset", "set", "cpu_features", "granule")
     p.add_argument("--examples", default="200", help="programs to run (default 200)")
     p.add_argument("--steps", default="25", help="most steps per program (default 25)")
     p.add_argument("--seed", default="0", help="random seed (default 0)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hypothesis
@@ -118,7 +118,7 @@ def make_machine(target: Target, holder: _Holder, diff: str | None = None) -> ty
                 self.r: Runner | DiffRunner = Runner(target)
                 first = self.r
             else:
-                self.r = DiffRunner(target, Target(target.arch, diff, target.granule, target.features))
+                self.r = DiffRunner(target, replace(target, preset=diff, mutant=None))
                 first = self.r.runners[0]
             holder.last = self.r
             self.first = first

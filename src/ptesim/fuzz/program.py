@@ -28,6 +28,7 @@ from ptesim.kernel.check import (
     validate_views,
     validate_written,
 )
+from ptesim.kernel.config import KernelConfig, parse_overrides, preset
 from ptesim.kernel.core import Kernel, Task
 from ptesim.kernel.folio import Folio
 from ptesim.kernel.mm import VM_UFFD_WP, VM_WRITE, Vma
@@ -151,19 +152,30 @@ OPS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Target:
-    """What a program runs on: arch, kernel preset, granule, CPU features, and an optional mutant."""
+    """What a program runs on: arch, kernel preset, granule, CPU features, an optional mutant, and
+    ``--set`` flag overrides of the preset (``("fork_batch=none", ...)``)."""
 
     arch: str = "x86"
     preset: str = "v6.9"
     granule: int = 4096
     features: tuple[str, ...] | None = None
     mutant: str | None = None
+    overrides: tuple[str, ...] = ()
 
     def label(self) -> str:
         g = f" {self.granule // 1024}K" if self.granule != 4096 else ""
+        s = "".join(f" +{o}" for o in self.overrides)
         f = f" [{','.join(self.features)}]" if self.features else ""
         m = f" mutant {self.mutant}" if self.mutant else ""
-        return f"{self.arch} {self.preset}{g}{f}{m}"
+        return f"{self.arch} {self.preset}{s}{g}{f}{m}"
+
+    def config(self) -> KernelConfig:
+        """The preset with the overrides applied; a flag that does not exist, does not apply to the
+        arch or cannot take its value is a :class:`UsageError`."""
+        cfg = preset(self.preset)
+        if self.overrides:
+            cfg = cfg.with_overrides(parse_overrides(list(self.overrides), self.arch))
+        return cfg
 
     @contextmanager
     def applied(self) -> Iterator[None]:
@@ -192,6 +204,7 @@ class Program:
             "granule": t.granule,
             "features": list(t.features) if t.features is not None else None,
             "mutant": t.mutant,
+            "set": list(t.overrides),
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -203,7 +216,7 @@ class Program:
 
         if not isinstance(d, dict) or not isinstance(d.get("steps"), list):
             raise UsageError("a program is a JSON object with 'arch', 'preset' and a list of 'steps'")
-        unknown = sorted(set(d) - {"arch", "preset", "granule", "features", "mutant", "steps"})
+        unknown = sorted(set(d) - {"arch", "preset", "granule", "features", "mutant", "set", "steps"})
         if unknown:
             raise UsageError(f"bad program: unknown field {unknown[0]!r}")
         arch = d.get("arch", "x86")
@@ -230,7 +243,16 @@ class Program:
                 raise UsageError(f"bad program: mutant {mutant!r} is not in the catalogue")
         if len(d["steps"]) > MAX_PROGRAM_STEPS:
             raise UsageError(f"bad program: more than {MAX_PROGRAM_STEPS} steps")
-        target = Target(arch, preset, granule, tuple(feats) if feats is not None else None, mutant)
+        overrides = d.get("set") or []
+        if not isinstance(overrides, list) or any(not isinstance(o, str) for o in overrides):
+            raise UsageError(f"bad program: set {overrides!r} is not a list of 'flag=value' strings")
+        target = Target(
+            arch, preset, granule, tuple(feats) if feats is not None else None, mutant, tuple(overrides)
+        )
+        try:
+            target.config()
+        except (UsageError, ValueError) as e:
+            raise UsageError(f"bad program: {e}") from None
         return Program(target, [Step.from_json(s, f"step {i + 1}") for i, s in enumerate(d["steps"])])
 
     def dumps(self) -> str:
@@ -243,7 +265,7 @@ class Program:
             "from ptesim.fuzz import Program, Step, Target",
             "",
             f"target = Target(arch={t.arch!r}, preset={t.preset!r}, granule={t.granule}, "
-            f"features={t.features!r}, mutant={t.mutant!r})",
+            f"features={t.features!r}, mutant={t.mutant!r}, overrides={t.overrides!r})",
             "Program(target, [",
             *(f"    {s.python()}," for s in self.steps),
             "]).replay()",
@@ -274,7 +296,7 @@ class Runner:
         feats = frozenset(target.features) if target.features is not None else None
         self.target = target
         self.kernel = k = Kernel(
-            target.arch, target.preset, checks=True, granule=target.granule, cpu_features=feats, ncpus=NCPUS
+            target.arch, target.config(), checks=True, granule=target.granule, cpu_features=feats, ncpus=NCPUS
         )
         self.oracle = Oracle()
         self.tasks: dict[int, Task] = {0: k.spawn(0)}
