@@ -725,17 +725,7 @@ class FastEngine:
         if hit is not None:
             run, bits = hit
             ckey = (
-                "copy",
-                sink.op,
-                sink.stack,
-                self.kernel.hw.current,
-                addr - base,
-                end - base,
-                self._vma_key(src_vma, base),
-                self._vma_key(dst_vma, base),
-                self._mm_key(src_mm),
-                self._mm_key(dst_mm),
-                self._depth(dst_mm, addr),
+                *self._copy_context(src_vma, dst_vma, addr, end, base),
                 bits,
                 run.order,
                 self._folio_state(run.proto),
@@ -776,6 +766,25 @@ class FastEngine:
         self._last = (None, [])  # hold no folio past the call
         return ret
 
+    def _copy_context(self, src_vma: Vma, dst_vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
+        """What a ``copy_pte_range`` record depends on besides the source table's entries and their
+        folios: the operation and call chain, the CPU, the range within the table, both VMAs and mms,
+        and the child's page-table depth (whether its PTE table must be allocated)."""
+        sink = self.kernel.sink
+        return (
+            "copy",
+            sink.op,
+            sink.stack,
+            self.kernel.hw.current,
+            addr - base,
+            end - base,
+            self._vma_key(src_vma, base),
+            self._vma_key(dst_vma, base),
+            self._mm_key(src_vma.mm),
+            self._mm_key(dst_vma.mm),
+            self._depth(dst_vma.mm, addr),
+        )
+
     def _copy_table(
         self, fn: Callable[..., Any], dst_vma: Vma, src_vma: Vma, addr: int, end: int, src_tab: PteTable
     ) -> Any:
@@ -790,17 +799,7 @@ class FastEngine:
         rel = self._relative(src_tab.entries, folios, index)
         self._last = (None, folios)
         key = (
-            "copy",
-            sink.op,
-            sink.stack,
-            self.kernel.hw.current,
-            addr - base,
-            end - base,
-            self._vma_key(src_vma, base),
-            self._vma_key(dst_vma, base),
-            self._mm_key(src_mm),
-            self._mm_key(dst_mm),
-            self._depth(dst_mm, addr),
+            *self._copy_context(src_vma, dst_vma, addr, end, base),
             rel,
             tuple(self._folio_state(f) for f in folios),
         )
@@ -884,7 +883,6 @@ class FastEngine:
         if not isinstance(tab, PteTable) or vma.file is not None or tlb.delayed_rmap:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
-        sink = self.kernel.sink
         pages = self.kernel.pages
         if len(pages.materialised) + len(self._pending_blocks) > _PENDING_MAX:
             self.compact_pending(final=False)
@@ -895,15 +893,7 @@ class FastEngine:
         # one its list form gets, the run's folios in address order being its folio ordinals)
         run, bits = hit
         ckey = (
-            "zap",
-            sink.op,
-            sink.stack,
-            self.kernel.hw.current,
-            addr - base,
-            end - base,
-            self._vma_key(vma, base),
-            self._mm_key(mm),
-            self._gather_key(tlb, base),
+            *self._zap_context(tlb, vma, addr, end, base),
             bits,
             run.order,
             self._folio_state(run.proto),
@@ -926,18 +916,12 @@ class FastEngine:
             self.linear[ckey] = tpl
         return ret
 
-    def _zap_table(
-        self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable
-    ) -> Any:
-        """The per-table memo of ``zap_pte_range`` on a table in list form."""
-        self._last = (None, [])
-        mm = vma.mm
-        base = addr & ~(self._span - 1)
+    def _zap_context(self, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
+        """What a ``zap_pte_range`` record depends on besides the table's entries and their folios:
+        the operation and call chain, the CPU, the range within the table, the VMA, the mm and the
+        state of the mmu_gather (its batch pages and pending flush range)."""
         sink = self.kernel.sink
-        folios: list[Folio] = []
-        index: dict[int, int] = {}
-        rel = self._relative(tab.entries, folios, index)
-        key = (
+        return (
             "zap",
             sink.op,
             sink.stack,
@@ -945,8 +929,22 @@ class FastEngine:
             addr - base,
             end - base,
             self._vma_key(vma, base),
-            self._mm_key(mm),
+            self._mm_key(vma.mm),
             self._gather_key(tlb, base),
+        )
+
+    def _zap_table(
+        self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable
+    ) -> Any:
+        """The per-table memo of ``zap_pte_range`` on a table in list form."""
+        self._last = (None, [])
+        mm = vma.mm
+        base = addr & ~(self._span - 1)
+        folios: list[Folio] = []
+        index: dict[int, int] = {}
+        rel = self._relative(tab.entries, folios, index)
+        key = (
+            *self._zap_context(tlb, vma, addr, end, base),
             rel,
             tuple(self._folio_state(f) for f in folios),
         )
