@@ -33,26 +33,12 @@ def progress(
     items: Iterable[T], description: str, *, quiet: bool = False, total: int | None = None
 ) -> Iterator[T]:
     """Yield ``items``, advancing a bar labelled ``description`` on stderr after each."""
-    if not enabled(quiet):
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     if total is None and isinstance(items, Sized):
         total = len(items)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
+    with bar(description, total, quiet=quiet) as advance:
         for item in items:
             yield item
-            bar.advance(task)
+            advance(1)
 
 
 @contextmanager
