@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,28 @@ def test_profiles_json_lists_every_shipped_profile() -> None:
         prof = load_profile(row["name"])
         assert (row["arch"], row["preset"]) == (prof.arch, prof.preset)
         assert row["calibrated"] + row["assumed"] == len(prof.parameters())
+
+
+def test_disk_cache_is_keyed_by_every_engine_file(tmp_path: Path) -> None:
+    """Counts cached on disk are not reused once any code that counts has changed, the fast engine's
+    included: a copy of the package with one byte added to ``fast/memo.py`` (or ``kernel/memory.py``)
+    keeps its cached runs in another directory than the unchanged copy."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "src" / "ptesim"
+    dirs = {}
+    for changed in (None, "fast/memo.py", "kernel/memory.py"):
+        tree = tmp_path / (changed or "same").replace("/", "_")
+        shutil.copytree(src, tree / "ptesim", ignore=shutil.ignore_patterns("__pycache__"))
+        if changed:
+            with (tree / "ptesim" / changed).open("a") as f:
+                f.write("\n")
+        code = (
+            "from ptesim.cost.runs import RunSpec, _disk_path;"
+            "print(_disk_path(RunSpec('wis', 'x86', 'v6.9', 65536, 1 << 20)).parent.name)"
+        )
+        env = {**os.environ, "PYTHONPATH": str(tree), "PTESIM_CACHE_DIR": str(tmp_path / "cache")}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        dirs[changed] = out.stdout.strip()
+    assert len(set(dirs.values())) == 3, dirs

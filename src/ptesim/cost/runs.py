@@ -1,8 +1,8 @@
 """Running the kernel model for the cost model: each run cached, several in parallel.
 
 Runs are also kept on disk (``PTESIM_CACHE_DIR``, default the user cache directory; ``off``
-disables it), keyed by the run and a digest of the model's source, so that a changed model never
-reuses old counts.
+disables it), keyed by the run and a digest of ptesim's source, so that changed code never reuses
+old counts.
 
 Executing the model is the slow part of every cost command (a 128 MiB will-it-scale iteration on the
 arm64 contpte presets runs ~10^6 counted primitives), while pricing the counts takes milliseconds.  A
@@ -165,18 +165,21 @@ _CACHE: dict[RunSpec, RunResult] = {}
 
 @functools.lru_cache(maxsize=1)
 def _code_hash() -> str:
-    """A digest of the model's source: counts cached on disk are only reused by the same model."""
+    """A digest of ptesim's whole source: counts cached on disk are only reused by the same code.
+
+    Every module is included, not a list of the packages that count: the engines (the fast
+    engine's replays in ``fast/`` as much as the kernel model), the workloads and anything they
+    come to import all decide what a run counts, and a package left off the list would let a fixed
+    model keep serving counts cached before the fix.
+    """
     import hashlib
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for sub in ("kernel", "arch", "hw", "workloads"):
-        for f in sorted((root / sub).rglob("*.py")):
-            h.update(f.relative_to(root).as_posix().encode())
-            h.update(f.read_bytes())
-    for name in ("events.py", "units.py"):
-        h.update((root / name).read_bytes())
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
