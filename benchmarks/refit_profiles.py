@@ -130,10 +130,35 @@ def main() -> int:
             head = "".join(line + "\n" for line in old.splitlines() if line.startswith("#"))
             dest.write_text(head + dump_profile(fit.profile), encoding="utf-8")
             print(f"  wrote {dest}")
+    if args.host:
+        ok &= host_check(args.host)
     if args.markdown:
         markdown(tables)
     print(f"\n{time.time() - t0:.0f} s; targets {'met' if ok else 'NOT all met'}")
     return 0 if ok else 1
+
+
+def host_check(path: str) -> bool:
+    """Target 4: ``x86-host``'s per-PTE and per-folio costs fitted on the 4K and 1M points of one host
+    fork run (fastest sample less the baseline), every other timed size predicted."""
+    from ptesim.cost.hostfit import fit_host, read_host_results
+    from ptesim.cost.profile import load_profile
+
+    doc = read_host_results(path)
+    sizes = [r["size"] for r in doc["results"] if r.get("min_ms") is not None]
+    held = [z for z in sizes if z.upper() not in ("4K", "1M")]
+    res = fit_host(path, load_profile("x86-host"), holdout_sizes=held, statistic="min")
+    print(f"\n## x86-host from {path} (kernel {doc.get('kernel', '?')}): fitted on 4K and 1M")
+    for k, v in res.fitted.items():
+        print(f"  {k:38s} {v:10.4g}")
+    for c in res.cells:
+        role = "held-out" if c.heldout else "fitted"
+        print(
+            f"  {c.label:12s} measured {c.measured:8.3f} ms  model {c.model:8.3f} ms {c.error:+7.2f}%  {role}"
+        )
+    worst = max((abs(c.error) for c in res.cells if c.heldout), default=0.0)
+    print(f"  held-out sizes within {worst:.1f}% (target 15%)")
+    return worst <= 15.0
 
 
 def markdown(tables: list[str]) -> None:
