@@ -282,3 +282,20 @@ def test_disk_cache_is_keyed_by_every_engine_file(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         dirs[changed] = out.stdout.strip()
     assert len(set(dirs.values())) == 3, dirs
+
+
+@pytest.mark.parametrize(
+    ("baseline", "same_as"), [("nocont", ["--set", "contpte=0"]), ("v6.8", ["--preset", "v6.8"])]
+)
+def test_latency_baseline_is_priced_as_that_kernel(baseline: str, same_as: list[str]) -> None:
+    """`latency --baseline B` prices B exactly as a run of B itself: `nocont` is the same preset with
+    PTE_CONT off (its override applied), a preset is that preset; the change is against that time."""
+    common = ["latency", "fork", "--arch", "arm64", "--folio", "64K", "--mem", "4M", "--json", "-q"]
+    rc, text = _run([*common, "--baseline", baseline])
+    assert rc == 0
+    row = json.loads(text)["rows"][0]
+    rc, text = _run([*common, *same_as])
+    assert rc == 0
+    alone = json.loads(text)["rows"][0]
+    assert row["baseline_time_ns"] == alone["time_ns"]
+    assert row["change_pct"] == pytest.approx(100 * (row["time_ns"] / alone["time_ns"] - 1), abs=0.01)
