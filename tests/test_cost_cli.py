@@ -299,3 +299,36 @@ def test_latency_baseline_is_priced_as_that_kernel(baseline: str, same_as: list[
     alone = json.loads(text)["rows"][0]
     assert row["baseline_time_ns"] == alone["time_ns"]
     assert row["change_pct"] == pytest.approx(100 * (row["time_ns"] / alone["time_ns"] - 1), abs=0.01)
+
+
+def test_calibration_provenance_is_a_command_that_refits_the_same_values(tmp_path: Path) -> None:
+    """A calibrated value's provenance ends in the calibrate command line; typed again, that command
+    fits the same values (so the provenance of a shipped profile can be re-run, paths with spaces
+    included)."""
+    import shlex
+    import tomllib
+
+    data = (
+        Path(__file__).resolve().parents[1] / "src" / "ptesim" / "cost" / "data" / "x86-host-fork-512M.json"
+    )
+    host = tmp_path / "a host run.json"
+    host.write_bytes(data.read_bytes())
+    argv = [
+        "calibrate",
+        "--profile",
+        "x86-host",
+        "--from-host",
+        str(host),
+        "--fit",
+        "mapcount_ns,folio_ref_ns",
+    ]
+    argv += ["--holdout-sizes", "16K,32K", "--statistic", "min", "--write", str(tmp_path / "first.toml")]
+    assert _run(argv)[0] == 0
+    first = tomllib.loads((tmp_path / "first.toml").read_text(encoding="utf-8"))
+    why = first["provenance"]["local_ns.mapcount"]
+    again = shlex.split(why[why.index("ptesim calibrate ") :])
+    assert again[0] == "ptesim" and str(host) in again
+    assert _run([*again[1:], "--write", str(tmp_path / "again.toml")])[0] == 0
+    second = tomllib.loads((tmp_path / "again.toml").read_text(encoding="utf-8"))
+    for name in ("mapcount", "folio_ref"):
+        assert second["local_ns"][name] == first["local_ns"][name]
