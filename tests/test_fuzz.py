@@ -172,3 +172,24 @@ def test_last_munmap_of_shared_memory_frees_its_page_cache() -> None:
     c.exit()  # the last user: the page cache is dropped
     validate_all(k)
     assert k.pages.allocated == 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_page_freed_while_mapped_is_a_violation(shared: bool) -> None:
+    """A folio freed while a PTE still maps it (a lost reference) is reported as mapped_free_page,
+    for private and shared (shmem) mappings alike."""
+    from ptesim.kernel.folio import PageAllocator
+
+    r = Runner(Target("x86", "v6.9"))
+    r.run(S("mmap", region=0, off=0, pages=4, shared=shared))
+    r.run(S("populate", region=0, off=0, pages=4, value=1))
+    k = r.kernel
+    table = next(iter(r.tasks[0].mm.pte_tables()))
+    pfn = k.arch.pte_pfn(next(p for p in table.entries if p))
+    folio = k.pages.pfn_to_folio(pfn)
+    assert folio is not None
+    with k.sink.operation("setup"):
+        PageAllocator.free_folio(k.pages, folio)  # behind the model's back: no unmap, no refcount
+    with pytest.raises(InvariantViolation) as exc:
+        validate_all(k)
+    assert exc.value.check == "mapped_free_page"
