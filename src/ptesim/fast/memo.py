@@ -546,11 +546,7 @@ class FastEngine:
         thp = kernel.thp
         key = (
             "populate",
-            sink.op,
-            sink.stack,
-            kernel.hw.current,
-            start - base,
-            end - base,
+            *self._where(start, end, base),
             self._vma_key(vma, base),
             self._mm_key(mm),
             self._depth(mm, start),
@@ -766,18 +762,19 @@ class FastEngine:
         self._last = (None, [])  # hold no folio past the call
         return ret
 
+    def _where(self, start: int, end: int, base: int) -> tuple[Any, ...]:
+        """The part of every record's key that says where it runs: the operation and call chain (the
+        events are counted under them), the CPU, and the range within the PTE table at ``base``."""
+        sink = self.kernel.sink
+        return (sink.op, sink.stack, self.kernel.hw.current, start - base, end - base)
+
     def _copy_context(self, src_vma: Vma, dst_vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
         """What a ``copy_pte_range`` record depends on besides the source table's entries and their
         folios: the operation and call chain, the CPU, the range within the table, both VMAs and mms,
         and the child's page-table depth (whether its PTE table must be allocated)."""
-        sink = self.kernel.sink
         return (
             "copy",
-            sink.op,
-            sink.stack,
-            self.kernel.hw.current,
-            addr - base,
-            end - base,
+            *self._where(addr, end, base),
             self._vma_key(src_vma, base),
             self._vma_key(dst_vma, base),
             self._mm_key(src_vma.mm),
@@ -920,14 +917,9 @@ class FastEngine:
         """What a ``zap_pte_range`` record depends on besides the table's entries and their folios:
         the operation and call chain, the CPU, the range within the table, the VMA, the mm and the
         state of the mmu_gather (its batch pages and pending flush range)."""
-        sink = self.kernel.sink
         return (
             "zap",
-            sink.op,
-            sink.stack,
-            self.kernel.hw.current,
-            addr - base,
-            end - base,
+            *self._where(addr, end, base),
             self._vma_key(vma, base),
             self._mm_key(vma.mm),
             self._gather_key(tlb, base),
