@@ -17,6 +17,7 @@ from typing import Any
 
 from ptesim.errors import InvariantViolation, UsageError
 from ptesim.kernel.check import (
+    Census,
     Oracle,
     validate_all,
     validate_anon_dirty,
@@ -348,11 +349,12 @@ class Runner:
     def check(self) -> None:
         k = self.kernel
         tasks = [self.tasks[i] for i in self.live()]
-        validate_all(k)
-        validate_views(self.oracle, tasks)
-        validate_anon_dirty(self.oracle, tasks)
-        validate_shared_dirty(k, self.oracle)
-        validate_uffd_wp(self.oracle, tasks)
+        census = Census(k)  # one read of the page tables serves every check
+        validate_all(k, census)
+        validate_views(self.oracle, tasks, census)
+        validate_anon_dirty(self.oracle, tasks, census)
+        validate_shared_dirty(k, self.oracle, census)
+        validate_uffd_wp(self.oracle, tasks, census)
 
     def _op_folio(self, t: Task, s: Step) -> bool:
         order = int(s.get("order"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from ptesim.errors import InvariantViolation
@@ -17,56 +18,107 @@ from ptesim.kernel.mm import MM_ANONPAGES, MM_SHMEMPAGES, VM_SHARED, MmStruct
 if TYPE_CHECKING:
     from ptesim.kernel.core import Kernel, Task
     from ptesim.kernel.folio import Folio
+    from ptesim.kernel.pgtable import PteTable
 
 
-class _Census:
-    """Every mapping in every live mm, read straight from the page tables."""
+class Census:
+    """Every mapping in every live mm, read straight from the page tables in one pass.
+
+    One census serves every check run at the same moment (the fuzzer runs a dozen after each
+    step): the folio and mapcount tallies, and each mm's present leaves in address order."""
 
     def __init__(self, kernel: Kernel) -> None:
         arch = kernel.arch
         g = arch.geometry
+        shift = g.page_shift
+        pfn_to_folio = kernel.pages.pfn_to_folio
+        present, special, pte_pfn, pte_write = (
+            arch.pte_present,
+            arch.pte_special,
+            arch.pte_pfn,
+            arch.pte_write,
+        )
+        self.kernel = kernel
         self.pte_maps: Counter[tuple[int, int]] = Counter()  # (folio pfn, page) -> PTE mappings
         self.pmd_maps: Counter[int] = Counter()  # folio pfn -> PMD mappings
         self.writable: defaultdict[tuple[int, int], list[MmStruct]] = defaultdict(list)
         self.rss: dict[int, Counter[str]] = {}
         self.folios: dict[int, Folio] = {}
+        #: mm id -> its PTE tables
+        self.tables: dict[int, list[PteTable]] = {}
+        #: mm id -> (address, entry, pages per leaf, PFN) of every present PTE, then every PMD leaf
+        self.leaves: dict[int, list[tuple[int, int, int, int]]] = {}
+        self._pfn_at: dict[int, dict[int, int]] = {}
+        pte_maps = self.pte_maps
+        folio: Folio | None = None
+        kind = MM_ANONPAGES
         for mm in kernel.mms:
             rss: Counter[str] = Counter()
             self.rss[mm.id] = rss
-            for table in mm.pte_tables():
-                for idx, pte in enumerate(table.entries):
-                    if not pte or not arch.pte_present(pte) or arch.pte_special(pte):
+            leaves: list[tuple[int, int, int, int]] = []
+            self.leaves[mm.id] = leaves
+            tables = self.tables[mm.id] = mm.pte_tables()
+            for table in tables:
+                base = table.base
+                ents = table.entries
+                # the non-zero entries with their indices, without a Python-level loop over the empty ones
+                for idx, pte in zip(compress(range(len(ents)), ents), filter(None, ents), strict=True):
+                    if not present(pte):
                         continue
-                    addr = table.base + (idx << g.page_shift)
-                    pfn = arch.pte_pfn(pte)
-                    folio = kernel.pages.pfn_to_folio(pfn)
-                    if folio is None:
-                        raise InvariantViolation(
-                            "mapped_free_page", f"PTE {addr:#x} of mm{mm.id} maps freed PFN {pfn:#x}"
-                        )
+                    addr = base + (idx << shift)
+                    pfn = pte_pfn(pte)
+                    leaves.append((addr, pte, 1, pfn))
+                    if special(pte):
+                        continue
+                    if folio is None or not folio.pfn <= pfn < folio.end_pfn:
+                        # neighbouring entries mostly map the same folio: look up only a new one
+                        folio = pfn_to_folio(pfn)
+                        if folio is None:
+                            raise InvariantViolation(
+                                "mapped_free_page", f"PTE {addr:#x} of mm{mm.id} maps freed PFN {pfn:#x}"
+                            )
+                        self.folios[folio.pfn] = folio
+                        kind = MM_ANONPAGES if folio.anon else MM_SHMEMPAGES
                     key = (folio.pfn, pfn - folio.pfn)
-                    self.folios[folio.pfn] = folio
-                    self.pte_maps[key] += 1
-                    rss[MM_ANONPAGES if folio.anon else MM_SHMEMPAGES] += 1
-                    if arch.pte_write(pte):
+                    pte_maps[key] += 1
+                    rss[kind] += 1
+                    if pte_write(pte):
                         self.writable[key].append(mm)
             for addr, pmd in mm.pmd_leaves():
-                pfn = arch.pte_pfn(pmd)
-                folio = kernel.pages.pfn_to_folio(pfn)
+                pfn = pte_pfn(pmd)
+                folio = pfn_to_folio(pfn)
                 if folio is None:
                     raise InvariantViolation("mapped_free_page", f"PMD {addr:#x} of mm{mm.id} maps freed PFN")
+                leaves.append((addr, pmd, 1 << g.pmd_order, pfn))
                 self.folios[folio.pfn] = folio
                 self.pmd_maps[folio.pfn] += 1
                 rss[MM_ANONPAGES] += folio.nr_pages
-                if arch.pte_write(pmd):
+                if pte_write(pmd):
                     for i in range(folio.nr_pages):
                         self.writable[(folio.pfn, i)].append(mm)
 
+    def pfn_at(self, mm: MmStruct) -> dict[int, int]:
+        """Virtual page number -> the PFN a table walk of ``mm`` finds there (present leaves)."""
+        m = self._pfn_at.get(mm.id)
+        if m is None:
+            shift = self.kernel.arch.page_shift
+            m = {}
+            for addr, _entry, span, pfn in self.leaves[mm.id]:
+                vpn = addr >> shift
+                for i in range(span):
+                    m[vpn + i] = pfn + i
+            self._pfn_at[mm.id] = m
+        return m
 
-def validate_folios(kernel: Kernel, census: _Census | None = None) -> None:
+    def present_leaves(self, mm: MmStruct) -> list[tuple[int, int, int]]:
+        """(address, entry, entries per leaf) of every present PTE, and of every PMD leaf."""
+        return [(addr, entry, span) for addr, entry, span, _pfn in self.leaves[mm.id]]
+
+
+def validate_folios(kernel: Kernel, census: Census | None = None) -> None:
     """refcount = mappings + pins + page-cache references; mapcounts = PTE/PMD mappings;
     _large_mapcount = total mapped pages; no allocated folio is leaked."""
-    c = census or _Census(kernel)
+    c = census or Census(kernel)
     cache_refs: Counter[int] = Counter()
     for task_mm in kernel.mms:
         for vma in task_mm.vmas:
@@ -104,10 +156,10 @@ def validate_folios(kernel: Kernel, census: _Census | None = None) -> None:
             )
 
 
-def validate_anon_exclusive(kernel: Kernel, census: _Census | None = None) -> None:
+def validate_anon_exclusive(kernel: Kernel, census: Census | None = None) -> None:
     """No page is writable in two mms; a writable private anonymous page is AnonExclusive; an
     AnonExclusive page is mapped by at most one mm."""
-    c = census or _Census(kernel)
+    c = census or Census(kernel)
     for (pfn, page), mms in c.writable.items():
         folio = c.folios[pfn]
         if len({m.id for m in mms}) > 1 and folio.anon:
@@ -129,8 +181,8 @@ def validate_anon_exclusive(kernel: Kernel, census: _Census | None = None) -> No
                 )
 
 
-def validate_rss(kernel: Kernel, census: _Census | None = None) -> None:
-    c = census or _Census(kernel)
+def validate_rss(kernel: Kernel, census: Census | None = None) -> None:
+    c = census or Census(kernel)
     for mm in kernel.mms:
         want = c.rss[mm.id]
         for key in (MM_ANONPAGES, MM_SHMEMPAGES):
@@ -226,31 +278,35 @@ def flush_point_check(kernel: Kernel, mm: object, start: int, end: int, why: str
             raise InvariantViolation(exc.check, f"after {why}: {exc.detail}") from None
 
 
-def validate_tables(kernel: Kernel) -> None:
+def validate_tables(kernel: Kernel, census: Census | None = None) -> None:
     """Page tables exist only under VMAs (none left behind by munmap or exit)."""
-    g = kernel.arch.geometry
+    c = census or Census(kernel)
+    pmd_size = kernel.arch.geometry.pmd_size
     for mm in kernel.mms:
-        for table in mm.pte_tables():
-            lo, hi = table.base, table.base + g.pmd_size
-            if not any(v.start < hi and v.end > lo for v in mm.vmas):
+        vmas = mm.vmas
+        for table in c.tables[mm.id]:
+            lo, hi = table.base, table.base + pmd_size
+            if not any(v.start < hi and v.end > lo for v in vmas):
                 raise InvariantViolation(
                     "pgtable_leak", f"mm{mm.id} keeps a PTE table at {lo:#x} with no VMA"
                 )
-            for idx, pte in enumerate(table.entries):
-                if pte and kernel.arch.pte_present(pte):
-                    addr = lo + (idx << g.page_shift)
-                    vma = mm.find_vma(addr)
-                    if vma is None:
-                        raise InvariantViolation("stray_pte", f"mm{mm.id} maps {addr:#x} outside any VMA")
+        vma = None
+        for addr, _entry, span, _pfn in c.leaves[mm.id]:
+            if span != 1:
+                continue
+            if vma is None or not vma.start <= addr < vma.end:
+                vma = mm.find_vma(addr)
+                if vma is None:
+                    raise InvariantViolation("stray_pte", f"mm{mm.id} maps {addr:#x} outside any VMA")
 
 
-def validate_all(kernel: Kernel) -> None:
-    census = _Census(kernel)
-    validate_folios(kernel, census)
-    validate_anon_exclusive(kernel, census)
-    validate_rss(kernel, census)
+def validate_all(kernel: Kernel, census: Census | None = None) -> None:
+    c = census or Census(kernel)
+    validate_folios(kernel, c)
+    validate_anon_exclusive(kernel, c)
+    validate_rss(kernel, c)
     validate_cont_blocks(kernel)
-    validate_tables(kernel)
+    validate_tables(kernel, c)
     validate_tlb(kernel)
 
 
@@ -366,23 +422,7 @@ def validate_isolation(oracle: Oracle, tasks: list[Task], addrs: list[int]) -> N
                 )
 
 
-def _read_pfn(kernel: Kernel, entry: object, addr: int) -> int | None:
-    """The PFN a walk of ``entry`` (what the PMD holds) finds for ``addr``, or None."""
-    from ptesim.kernel.pgtable import PteTable
-
-    arch = kernel.arch
-    g = arch.geometry
-    if isinstance(entry, int):
-        if not arch.pte_present(entry):
-            return None
-        return arch.pte_pfn(entry) + ((addr & (g.pmd_size - 1)) >> g.page_shift)
-    if isinstance(entry, PteTable):
-        pte = entry.entries[(addr >> g.page_shift) & (g.ptrs_per_pte - 1)]
-        return arch.pte_pfn(pte) if pte and arch.pte_present(pte) else None
-    return None
-
-
-def validate_views(oracle: Oracle, tasks: list[Task]) -> None:
+def validate_views(oracle: Oracle, tasks: list[Task], census: Census | None = None) -> None:
     """Data isolation without side effects: at every page of every VMA, each task would read what
     its history says — through its CPU's TLB if that caches the page, else through the page
     tables, else what a fault would map (zeroes for private memory, the page cache for shared).
@@ -390,25 +430,18 @@ def validate_views(oracle: Oracle, tasks: list[Task]) -> None:
     for task in tasks:
         kernel, mm = task.kernel, task.mm
         shift = kernel.arch.page_shift
-        pmd_mask = kernel.arch.geometry.pmd_size - 1
         tlb = kernel.hw.cpus[task.cpu].tlb
         private = oracle.private.get(mm.id, {})
+        walked = (census if census is not None and mm.id in census.leaves else Census(kernel)).pfn_at(mm)
         for vma in mm.vmas:
-            entry: object = None
-            entry_base = -1
-            for addr in range(vma.start, vma.end, 1 << shift):
-                vpn = addr >> shift
+            for vpn in range(vma.start >> shift, vma.end >> shift):
+                addr = vpn << shift
                 if vma.file is None:
                     want = private.get(vpn, 0)
                 else:
                     want = oracle.shared.get((vma.file.id, vma.linear_page_index(addr, shift)), 0)
                 hit = tlb.lookup(mm.asid, vpn)
-                if hit is not None:
-                    pfn: int | None = hit[1].pfn + (vpn - hit[0][1])
-                else:
-                    if addr & ~pmd_mask != entry_base:
-                        entry_base, entry = addr & ~pmd_mask, mm.pmd_entry(addr)
-                    pfn = _read_pfn(kernel, entry, addr)
+                pfn = hit[1].pfn + (vpn - hit[0][1]) if hit is not None else walked.get(vpn)
                 if pfn is None:
                     cached = (
                         None if vma.file is None else vma.file.pages.get(vma.linear_page_index(addr, shift))
@@ -427,18 +460,11 @@ def validate_views(oracle: Oracle, tasks: list[Task]) -> None:
                     )
 
 
-def _present_leaves(kernel: Kernel, mm: MmStruct) -> list[tuple[int, int, int]]:
+def _present_leaves(kernel: Kernel, mm: MmStruct, census: Census | None = None) -> list[tuple[int, int, int]]:
     """(address, entry, entries per leaf) of every present PTE, and of every PMD leaf."""
-    arch = kernel.arch
-    shift = arch.page_shift
-    out = []
-    for table in mm.pte_tables():
-        for idx, pte in enumerate(table.entries):
-            if pte and arch.pte_present(pte):
-                out.append((table.base + (idx << shift), pte, 1))
-    for addr, pmd in mm.pmd_leaves():
-        out.append((addr, pmd, 1 << arch.geometry.pmd_order))
-    return out
+    if census is None or mm.id not in census.leaves:
+        census = Census(kernel)
+    return census.present_leaves(mm)
 
 
 def _gathered_dirty(kernel: Kernel, mm: MmStruct, addr: int, pte: int) -> bool:
@@ -453,7 +479,7 @@ def _gathered_dirty(kernel: Kernel, mm: MmStruct, addr: int, pte: int) -> bool:
     return any(arch.pte_dirty((first + i).peek()) for i in range(n))
 
 
-def validate_anon_dirty(oracle: Oracle, tasks: list[Task]) -> None:
+def validate_anon_dirty(oracle: Oracle, tasks: list[Task], census: Census | None = None) -> None:
     """A private anonymous page is dirty (as ptep_get() reports it) unless MADV_FREE cleaned it
     and nothing wrote it since: reclaim discards a lazily freed page whose PTE is clean, so a
     lost dirty bit there is lost data."""
@@ -461,20 +487,22 @@ def validate_anon_dirty(oracle: Oracle, tasks: list[Task]) -> None:
         kernel, mm = task.kernel, task.mm
         arch = kernel.arch
         clean = oracle.clean.get(mm.id, set())
-        for addr, pte, span in _present_leaves(kernel, mm):
+        vma = None
+        for addr, pte, span in _present_leaves(kernel, mm, census):
             if arch.pte_special(pte):
                 continue
-            vma = mm.find_vma(addr)
+            if vma is None or not vma.start <= addr < vma.end:  # leaves come in address order
+                vma = mm.find_vma(addr)
             if vma is None or vma.file is not None:
                 continue
             vpn = addr >> arch.page_shift
-            if any(vpn + i in clean for i in range(span)):
+            if clean and any(vpn + i in clean for i in range(span)):
                 continue
             if not _gathered_dirty(kernel, mm, addr, pte):
                 raise InvariantViolation("anon_dirty", f"mm{mm.id} {addr:#x}: written private page is clean")
 
 
-def validate_shared_dirty(kernel: Kernel, oracle: Oracle) -> None:
+def validate_shared_dirty(kernel: Kernel, oracle: Oracle, census: Census | None = None) -> None:
     """A written page of shared memory is dirty in its folio or in a PTE that maps it: zap must move
     the PTE's dirty bit to the folio (folio_mark_dirty) or writeback would lose the data."""
     files = {v.file.id: v.file for m in kernel.mms for v in m.vmas if v.file is not None}
@@ -482,8 +510,9 @@ def validate_shared_dirty(kernel: Kernel, oracle: Oracle) -> None:
         return
     arch = kernel.arch
     dirty_pfns = set()
+    c = census or Census(kernel)
     for m in kernel.mms:
-        for _addr, pte, _span in _present_leaves(kernel, m):
+        for _addr, pte, _span in _present_leaves(kernel, m, c):
             if arch.pte_dirty(pte):
                 dirty_pfns.add(arch.pte_pfn(pte))
     for (fid, idx), value in oracle.shared.items():
@@ -501,19 +530,19 @@ def validate_shared_dirty(kernel: Kernel, oracle: Oracle) -> None:
             raise InvariantViolation("shared_dirty", f"written page {idx} of shmem {fid} is clean: {folio!r}")
 
 
-def validate_uffd_wp(oracle: Oracle, tasks: list[Task]) -> None:
+def validate_uffd_wp(oracle: Oracle, tasks: list[Task], census: Census | None = None) -> None:
     """Every present PTE carries the uffd-wp bit exactly where UFFDIO_WRITEPROTECT put it (and a
     child whose VMA stays registered inherits it)."""
     for task in tasks:
         kernel, mm = task.kernel, task.mm
         arch = kernel.arch
         wp = oracle.uffd_wp.get(mm.id, set())
-        for addr, pte, span in _present_leaves(kernel, mm):
+        for addr, pte, span in _present_leaves(kernel, mm, census):
             vpn = addr >> arch.page_shift
-            want = [vpn + i in wp for i in range(span)]
-            if any(w != arch.pte_uffd_wp(pte) for w in want):
+            bit = arch.pte_uffd_wp(pte)
+            if (vpn in wp) != bit or (span > 1 and any((vpn + i in wp) != bit for i in range(span))):
                 raise InvariantViolation(
-                    "uffd_wp", f"mm{mm.id} {addr:#x}: uffd-wp bit {arch.pte_uffd_wp(pte)}, expected {want[0]}"
+                    "uffd_wp", f"mm{mm.id} {addr:#x}: uffd-wp bit {bit}, expected {vpn in wp}"
                 )
 
 
