@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+import fuzz_campaigns
 from ptesim.host.sysfs import THP_ROOT, ThpSysfs
 from ptesim.kernel.core import Kernel
 
@@ -25,13 +26,23 @@ HOST_TESTS = os.environ.get("PTESIM_HOST_TESTS") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip every ``host`` test unless ``PTESIM_HOST_TESTS=1``."""
-    if HOST_TESTS:
-        return
-    skip = pytest.mark.skip(reason="host test: changes this machine's THP settings; set PTESIM_HOST_TESTS=1")
-    for item in items:
-        if item.get_closest_marker("host") is not None:
-            item.add_marker(skip)
+    """Skip every ``host`` test unless ``PTESIM_HOST_TESTS=1``; start the fuzz budget in the
+    background when its tests are selected, and run them last."""
+    if not HOST_TESTS:
+        skip = pytest.mark.skip(
+            reason="host test: changes this machine's THP settings; set PTESIM_HOST_TESTS=1"
+        )
+        for item in items:
+            if item.get_closest_marker("host") is not None:
+                item.add_marker(skip)
+    budget = [i for i in items if i.get_closest_marker("fuzz_budget") is not None]
+    if budget and not config.option.collectonly and "PYTEST_XDIST_WORKER" not in os.environ:
+        items[:] = [i for i in items if i.get_closest_marker("fuzz_budget") is None] + budget
+        fuzz_campaigns.start_in_background()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    fuzz_campaigns.stop_background()
 
 
 @pytest.fixture(autouse=True)

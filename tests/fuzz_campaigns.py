@@ -1,9 +1,18 @@
-"""The CI fuzz budget: every campaign run once per session, two at a time (one per core)."""
+"""The CI fuzz budget: every campaign run once per session, two at a time (one per core), in the
+background while the rest of the suite runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -99,13 +108,116 @@ def hunt(name: str) -> Outcome:
     )
 
 
-@functools.cache
-def results() -> dict[str, Outcome]:
-    """Every campaign and every mutant hunt, keyed by campaign key or mutant name."""
+def _jobs() -> list[tuple[str, Callable[[], Outcome]]]:
+    """Every campaign and every mutant hunt, with the key its result is read by."""
     from ptesim.mutants import MUTANTS
 
+    jobs: list[tuple[str, Callable[[], Outcome]]] = [
+        (c.key, functools.partial(run_campaign, c)) for c in CAMPAIGNS
+    ]
+    jobs += [(name, functools.partial(hunt, name)) for name, m in MUTANTS.items() if not m.count_only]
+    return jobs
+
+
+def _run_all() -> dict[str, Outcome]:
+    """The whole budget here and now, two jobs at a time (one per core)."""
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        jobs = {c.key: pool.submit(run_campaign, c) for c in CAMPAIGNS}
-        jobs |= {name: pool.submit(hunt, name) for name, m in MUTANTS.items() if not m.count_only}
-        return {k: f.result() for k, f in jobs.items()}
+        futures = {key: pool.submit(fn) for key, fn in _jobs()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+class _Background:
+    """The budget run beside the rest of the suite.
+
+    Started when the session has collected its tests: one process less than the machine has
+    cores takes jobs one at a time from a shared counter, so the suite's own tests keep a core;
+    when the suite reaches the budget's tests (they come last), it takes the jobs nobody has
+    claimed yet itself.  Each job's outcome is a file; every job runs exactly once."""
+
+    def __init__(self) -> None:
+        self.jobs = _jobs()
+        self.dir = tempfile.mkdtemp(prefix="ptesim-fuzz-budget-")
+        ctx = multiprocessing.get_context("fork")
+        self.next = ctx.Value("i", 0)  # the next job to claim (with its own lock)
+        workers = max(1, (os.cpu_count() or 2) - 1)
+        self.proc = ctx.Process(target=self._serve, args=(workers,))
+        self.proc.start()
+
+    def _claim(self) -> int | None:
+        with self.next.get_lock():
+            i = int(self.next.value)
+            if i >= len(self.jobs):
+                return None
+            self.next.value = i + 1
+        return i
+
+    def _work(self) -> None:
+        while (i := self._claim()) is not None:
+            key, fn = self.jobs[i]
+            try:
+                out: object = fn()
+            except BaseException:  # the suite reports it where the result is read
+                out = RuntimeError(f"{key}: {traceback.format_exc()}")
+            tmp = os.path.join(self.dir, f"{i}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump(out, f)
+            os.replace(tmp, os.path.join(self.dir, f"{i}.pickle"))
+
+    def _serve(self, workers: int) -> None:
+        os.setpgrp()  # one process group: stop() ends the workers too
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=self._work) for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+
+    def collect(self) -> dict[str, Outcome]:
+        self._work()
+        self.proc.join()
+        out: dict[str, Outcome] = {}
+        for i, (key, _fn) in enumerate(self.jobs):
+            path = os.path.join(self.dir, f"{i}.pickle")
+            if not os.path.exists(path):
+                raise RuntimeError(f"the fuzz budget's job {key!r} left no result (a worker died)")
+            with open(path, "rb") as f:
+                res = pickle.load(f)
+            if isinstance(res, BaseException):
+                raise res
+            out[key] = res
+        return out
+
+    def stop(self) -> None:
+        if self.proc.is_alive() and self.proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.join()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_background: _Background | None = None
+
+
+def start_in_background() -> None:
+    """Start the budget beside the rest of the suite (see :class:`_Background`)."""
+    global _background
+    if _background is None:
+        _background = _Background()
+
+
+def stop_background() -> None:
+    """End the background budget if it still runs (a session stopped early); remove its files."""
+    global _background
+    if _background is not None:
+        _background.stop()
+        _background = None
+
+
+@functools.cache
+def results() -> dict[str, Outcome]:
+    """Every campaign and every mutant hunt, keyed by campaign key or mutant name: from the
+    background run when the session started one, else run here."""
+    if _background is None:
+        return _run_all()
+    return _background.collect()

@@ -22,6 +22,7 @@ KiB = 1024
 S = Step.make
 
 
+@pytest.mark.fuzz_budget
 @pytest.mark.parametrize("campaign", CAMPAIGNS, ids=lambda c: c.key)
 def test_campaign_finds_no_violation(campaign: object) -> None:
     """Each fuzz campaign of the CI budget runs its programs without a violation."""
@@ -29,6 +30,7 @@ def test_campaign_finds_no_violation(campaign: object) -> None:
     assert out.check is None, f"{out.check}: {out.detail}\n{out.program}"
 
 
+@pytest.mark.fuzz_budget
 def test_at_least_500_programs_per_arch() -> None:
     """The budget covers every architecture with at least 500 single-kernel programs."""
     per_arch: Counter[str] = Counter()

@@ -12,6 +12,7 @@ from ptesim.fuzz import Program, Target
 from ptesim.mutants import MUTANTS, mutant, patched
 
 
+@pytest.mark.fuzz_budget
 @pytest.mark.parametrize("name", [n for n, m in MUTANTS.items() if not m.count_only])
 def test_mutant_is_caught(name: str) -> None:
     """The mutant is caught within the budget, and the program that caught it passes on the
@@ -28,6 +29,7 @@ def test_mutant_is_caught(name: str) -> None:
     clean.replay()
 
 
+@pytest.mark.fuzz_budget
 def test_clean_model_passes_the_same_budget() -> None:
     """The unmutated model passes the mutant budget on every target a mutant is hunted on."""
     for t in {m.target for m in MUTANTS.values() if not m.count_only}:

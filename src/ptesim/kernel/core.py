@@ -126,6 +126,22 @@ class Kernel:
 
             validate_all(self)
 
+    @contextmanager
+    def checks_deferred(self) -> Iterator[None]:
+        """Check every invariant once, at the end of the block, instead of after each operation
+        inside it (a set-up of a thousand faults is checked once, not a thousand times; the
+        flush-point checks of the TLB stay on)."""
+        was = self.checks
+        self.checks = False
+        try:
+            yield
+        finally:
+            self.checks = was
+        if was:
+            from ptesim.kernel.check import validate_all
+
+            validate_all(self)
+
     def set_folio_size(self, nbytes: int, mode: str = "always") -> int:
         """Enable only anonymous folios of ``nbytes`` (base pages for the page size)."""
         from ptesim.units import size_to_order
