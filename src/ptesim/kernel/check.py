@@ -205,7 +205,7 @@ def validate_cont_blocks(kernel: Kernel) -> None:
             ents = table.entries
             for start in range(0, len(ents), n):
                 block = ents[start : start + n]
-                if not any(block) or not any(arch.pte_valid_cont(p) for p in block):
+                if not any(block) or not any(map(arch.pte_valid_cont, block)):
                     continue
                 base = arch.pte_pfn(block[0])
                 key0 = arch.pte_cont_key(block[0])
@@ -487,6 +487,8 @@ def validate_anon_dirty(oracle: Oracle, tasks: list[Task], census: Census | None
         kernel, mm = task.kernel, task.mm
         arch = kernel.arch
         clean = oracle.clean.get(mm.id, set())
+        n = arch.cont_ptes
+        block_dirty: dict[int, bool] = {}
         vma = None
         for addr, pte, span in _present_leaves(kernel, mm, census):
             if arch.pte_special(pte):
@@ -498,7 +500,14 @@ def validate_anon_dirty(oracle: Oracle, tasks: list[Task], census: Census | None
             vpn = addr >> arch.page_shift
             if clean and any(vpn + i in clean for i in range(span)):
                 continue
-            if not _gathered_dirty(kernel, mm, addr, pte):
+            if n > 1 and arch.pte_valid_cont(pte):  # one gather per contiguous block
+                block = addr & ~(n * arch.page_size - 1)
+                dirty = block_dirty.get(block)
+                if dirty is None:
+                    dirty = block_dirty[block] = _gathered_dirty(kernel, mm, addr, pte)
+            else:
+                dirty = arch.pte_dirty(pte)
+            if not dirty:
                 raise InvariantViolation("anon_dirty", f"mm{mm.id} {addr:#x}: written private page is clean")
 
 
