@@ -300,6 +300,7 @@ def wis_table(combos: list[Combination]) -> Tidy:
     counts included), sizes in bytes, throughput in iterations/s, changes in percent."""
     from ptesim.cost.intervals import log_interval
     from ptesim.cost.runs import prefetch
+    from ptesim.cost.validate import role_of
     from ptesim.workloads.wis import wis_rows, wis_spec, work_of
 
     keys = varying(combos)
@@ -317,16 +318,21 @@ def wis_table(combos: list[Combination]) -> Tidy:
     rows: list[dict[str, Any]] = []
     for c, cpus, profile, base_label, var_spec, base_spec in plans:
         var_work, base_work = work_of(var_spec), work_of(base_spec)
-        published = {
-            p.cpus: p.value
+        pub_cells = {
+            p.cpus: p
             for p in _published("wis-fork-exit", profile.name)
             if p.variant == c.preset
             and p.baseline == c.baseline
             and (p.folio, p.mem) == (c.folio, c.mem)
             and not c.overrides
         }
+        published = {n: p.value for n, p in pub_cells.items()}
         for r in wis_rows(var_work, base_work, profile, cpus):
-            iv = log_interval(_steady_log(var_work.steady, base_work.steady, r.cpus), profile, "throughput")
+            # a published cell the profile was fitted on keeps the fit interval; anything else is a
+            # prediction for a table the fit never saw (between-table discrepancy, cost/discrepancy.py)
+            role = role_of(pub_cells[r.cpus], profile) if r.cpus in pub_cells else "unseen"
+            steady = _steady_log(var_work.steady, base_work.steady, r.cpus)
+            iv = log_interval(steady, profile, "throughput", role)
             _, lo, hi = iv.pct()
             rows.append(
                 {
@@ -396,6 +402,7 @@ def latency_table(op: str, combos: list[Combination]) -> Tidy:
     """Price one ``op`` for every combination: one row per combination, times in nanoseconds."""
     from ptesim.cost.intervals import log_interval
     from ptesim.cost.runs import prefetch
+    from ptesim.cost.validate import role_of
     from ptesim.workloads.latency import OPS, latency_spec, latency_time
 
     if op not in OPS:
@@ -420,7 +427,6 @@ def latency_table(op: str, combos: list[Combination]) -> Tidy:
         def log_ms(p: Profile, spec: Any = spec) -> float:
             return math.log(latency_time(spec, p).cycle_ns / 1e6)
 
-        iv = log_interval(log_ms, profile, "time")
         pub = [
             p
             for p in _published("latency", profile.name)
@@ -429,6 +435,9 @@ def latency_table(op: str, combos: list[Combination]) -> Tidy:
             and (p.folio, p.mem, p.mapping) == (c.folio, c.mem, c.mapping)
             and not c.overrides
         ]
+        timed = [p for p in pub if p.metric == "seconds"]
+        # a fitted published time keeps the fit interval; any other time is unseen by the fit
+        iv = log_interval(log_ms, profile, "time", role_of(timed[0], profile) if timed else "unseen")
         published = [p.value for p in pub if p.metric == "seconds"]
         published_change = [p.value for p in pub if p.percent and p.baseline == c.baseline]
         row: dict[str, Any] = {
@@ -710,8 +719,14 @@ def _calibrate_tables(args: argparse.Namespace) -> int:
             }
             if "folds" in e:
                 doc[name]["cross_validation"] = [
-                    {"table": fr.table, "cells": [p.as_dict() for p in fr.predictions]} for fr in e["folds"]
+                    {
+                        "table": fr.table,
+                        "discrepancy": _disc_dict(fr.discrepancy),
+                        "cells": [p.as_dict() for p in fr.predictions],
+                    }
+                    for fr in e["folds"]
                 ]
+                doc[name]["discrepancy"] = _disc_dict(e["discrepancy"])
         print(json.dumps(doc, indent=2))
     else:
         for name, e in res.items():
@@ -746,12 +761,28 @@ def _calibrate_tables(args: argparse.Namespace) -> int:
                         f"changes within ±20% within 5 pp: {s['small_within_5pp']}"
                     )
                 for fr in e["folds"]:
+                    print(f"(without {fr.table}) {_disc_text(fr.discrepancy)}")
                     for w in fr.fit.warnings():
                         print(f"(without {fr.table}) {w}")
+                print(f"stored for tables the fit has not seen: {_disc_text(e['discrepancy'])}")
             print()
     if args.write:
         _write_profiles(args.write, [e["fit"].profile for e in res.values()])
     return 0
+
+
+def _disc_dict(d: Any) -> dict[str, Any]:
+    return {"sd": round(d.sd, 6), "df": d.df, "from": list(d.sources), "pooled": d.pooled}
+
+
+def _disc_text(d: Any) -> str:
+    if not d.sources:
+        return "between-table discrepancy: none (no leave-one-table-out residuals)"
+    how = "pooled over machines, " if d.pooled else ""
+    return (
+        f"between-table discrepancy sd {d.sd:.3f} (log scale, t with {d.df} df; {how}"
+        f"from {', '.join(d.sources)})"
+    )
 
 
 def _write_profiles(target: str, profiles: list[Profile]) -> None:
@@ -1107,6 +1138,7 @@ def _summary_lines(summ: dict[str, Any]) -> None:
         if s["max_abs_error_seconds_pct"] is not None:
             parts.append(f"max |error| of times {s['max_abs_error_seconds_pct']:.1f}%")
         parts.append(f"90% intervals cover {100 * s['coverage_90']:.0f}%")
+        parts.append(f"median width ×{s['median_width_factor']:.2f}")
         parts.append(f"changes >+100% within a factor 2: {s['big_within_factor_2']}")
         parts.append(f"changes within ±20% within 5 pp: {s['small_within_5pp']}")
         print(f"{role}: " + ", ".join(parts))

@@ -8,6 +8,12 @@ its cell's expected scatter :func:`cell_sigma`).  A prediction ``y(theta)`` on t
 of y in the log parameters by central differences): the uncertainty of the fitted values plus the
 scatter the model leaves on cells like the fitted ones.  The interval is ``y +- 1.645 sd``, mapped
 back to the cell's unit, so it is asymmetric in percent.
+
+That interval only knows the fitted cells.  A prediction for a cell the fit did not see (role
+``held-out`` or ``unseen``: every ``whatif`` number, a ``wis`` or ``latency`` row that is not a fitted
+published cell) also carries the between-table discrepancy the profile's ``[fit]`` stores
+(:mod:`ptesim.cost.discrepancy`): variance ``tau^2`` added, and the quantile of Student's t with the
+discrepancy's degrees of freedom instead of 1.645.  A ``fitted`` cell keeps the fit interval.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class LogInterval:
     lo: float
     hi: float
     has_fit: bool
+    fit_sd: float = 0.0  # the fit's part of the standard deviation (no between-table discrepancy)
+    discrepancy: bool = False  # the between-table discrepancy widened the interval
 
     def pct(self) -> tuple[float, float, float]:
         """(value, low, high) as a percent change."""
@@ -49,9 +57,17 @@ def cell_sigma(kind: str, y: float) -> float:
     return 0.03 + 0.1 * abs(y)
 
 
-def log_interval(fn: Callable[[Profile], float], profile: Profile, kind: str = "change") -> LogInterval:
+#: Roles whose cells the fit did not see: their intervals carry the between-table discrepancy.
+UNSEEN_ROLES = ("held-out", "unseen")
+
+
+def log_interval(
+    fn: Callable[[Profile], float], profile: Profile, kind: str = "change", role: str = "unseen"
+) -> LogInterval:
     """``fn(profile)`` on the log scale, with its 90% interval from ``profile.fit``; ``kind`` selects
-    the scatter of :func:`cell_sigma` that the fit's residual scale multiplies."""
+    the scatter of :func:`cell_sigma` that the fit's residual scale multiplies; ``role`` (``fitted``,
+    ``held-out`` or ``unseen``, the default: a prediction of something no table showed the fit) says
+    whether the fit's between-table discrepancy is added."""
     y = fn(profile)
     fit = profile.fit
     if fit is None or not fit.parameters:
@@ -67,8 +83,15 @@ def log_interval(fn: Callable[[Profile], float], profile: Profile, kind: str = "
         down = fn(profile.with_values({k: v * math.exp(-STEP)}))
         grad.append((up - down) / (2 * STEP))
     var = sum(grad[i] * fit.covariance[i][j] * grad[j] for i in range(len(grad)) for j in range(len(grad)))
-    sd = math.sqrt(max(var, 0.0) + (fit.residual_sd * cell_sigma(kind, y)) ** 2)
-    return LogInterval(y, y - Z90 * sd, y + Z90 * sd, True)
+    fit_var = max(var, 0.0) + (fit.residual_sd * cell_sigma(kind, y)) ** 2
+    if role in UNSEEN_ROLES and fit.discrepancy_sd > 0:
+        from ptesim.cost.discrepancy import quantile
+
+        sd = math.sqrt(fit_var + fit.discrepancy_sd**2)
+        q = quantile(fit.discrepancy_df)
+        return LogInterval(y, y - q * sd, y + q * sd, True, math.sqrt(fit_var), True)
+    sd = math.sqrt(fit_var)
+    return LogInterval(y, y - Z90 * sd, y + Z90 * sd, True, sd)
 
 
 def format_pct(iv: LogInterval) -> str:

@@ -27,7 +27,10 @@ Layout of a profile file::
     [fit]           optional, written by `ptesim calibrate --tables`: parameters (the fitted names),
                     covariance (of their natural logarithms), residual_sd (of the fitted cells, on
                     the log scale of ptesim.cost.tables), tables (fitted table ids), held_out (table
-                    ids or cell ids left out), command
+                    ids or cell ids left out), command; with --cross-validate also the between-table
+                    discrepancy of ptesim.cost.discrepancy: discrepancy_sd (log scale),
+                    discrepancy_df (its degrees of freedom), discrepancy_from ("machine/table" of
+                    the leave-one-table-out residuals it was estimated from)
 
 The ``[provenance]`` table is required for every numeric value so that reports can say which numbers
 were fitted and which were assumed.
@@ -105,6 +108,12 @@ class FitInfo:
     tables: tuple[str, ...]
     held_out: tuple[str, ...]
     command: str = ""
+    #: Between-table model discrepancy (log scale) added to predictions of cells the fit did not see
+    #: (roles ``held-out`` and ``unseen``), estimated from leave-one-table-out residuals
+    #: (:mod:`ptesim.cost.discrepancy`); 0 when the fit was not cross-validated.
+    discrepancy_sd: float = 0.0
+    discrepancy_df: int = 0
+    discrepancy_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -405,7 +414,17 @@ def _fit_info(where: str, raw: object, params: Mapping[str, float]) -> FitInfo |
     if raw is None:
         return None
     t = _table(f"{where} [fit]", raw)
-    extra = set(t) - {"parameters", "covariance", "residual_sd", "tables", "held_out", "command"}
+    extra = set(t) - {
+        "parameters",
+        "covariance",
+        "residual_sd",
+        "tables",
+        "held_out",
+        "command",
+        "discrepancy_sd",
+        "discrepancy_df",
+        "discrepancy_from",
+    }
     if extra:
         raise UsageError(f"{where}: unknown key fit.{sorted(extra)[0]}")
     names = t.get("parameters", [])
@@ -422,8 +441,14 @@ def _fit_info(where: str, raw: object, params: Mapping[str, float]) -> FitInfo |
     sd = t.get("residual_sd", 0.0)
     if isinstance(sd, bool) or not isinstance(sd, int | float) or sd < 0:
         raise UsageError(f"{where}: fit.residual_sd must be a non-negative number")
+    dsd = t.get("discrepancy_sd", 0.0)
+    if isinstance(dsd, bool) or not isinstance(dsd, int | float) or not 0 <= dsd < math.inf:
+        raise UsageError(f"{where}: fit.discrepancy_sd must be a non-negative number")
+    ddf = t.get("discrepancy_df", 0)
+    if isinstance(ddf, bool) or not isinstance(ddf, int) or ddf < 0 or (dsd > 0 and ddf < 1):
+        raise UsageError(f"{where}: fit.discrepancy_df must be a positive integer when discrepancy_sd > 0")
     lists = {}
-    for key in ("tables", "held_out"):
+    for key in ("tables", "held_out", "discrepancy_from"):
         v = t.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise UsageError(f"{where}: fit.{key} must be a list of strings")
@@ -431,7 +456,17 @@ def _fit_info(where: str, raw: object, params: Mapping[str, float]) -> FitInfo |
     cmd = t.get("command", "")
     if not isinstance(cmd, str):
         raise UsageError(f"{where}: fit.command must be a string")
-    return FitInfo(tuple(names), matrix, float(sd), lists["tables"], lists["held_out"], cmd)
+    return FitInfo(
+        tuple(names),
+        matrix,
+        float(sd),
+        lists["tables"],
+        lists["held_out"],
+        cmd,
+        discrepancy_sd=float(dsd),
+        discrepancy_df=ddf,
+        discrepancy_from=lists["discrepancy_from"],
+    )
 
 
 def shipped_profiles() -> list[str]:
@@ -532,6 +567,12 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
             "held_out": list(f.held_out),
             "command": f.command,
         }
+        if f.discrepancy_sd > 0:
+            out["fit"] |= {
+                "discrepancy_sd": f.discrepancy_sd,
+                "discrepancy_df": f.discrepancy_df,
+                "discrepancy_from": list(f.discrepancy_from),
+            }
     return out
 
 
@@ -585,6 +626,10 @@ def dump_profile(profile: Profile) -> str:
         lines.append(f"tables = {_fmt(f['tables'])}")
         lines.append(f"held_out = {_fmt(f['held_out'])}")
         lines.append(f"residual_sd = {_fmt(float(f['residual_sd']))}")
+        if "discrepancy_sd" in f:
+            lines.append(f"discrepancy_sd = {_fmt(float(f['discrepancy_sd']))}")
+            lines.append(f"discrepancy_df = {_fmt(int(f['discrepancy_df']))}")
+            lines.append(f"discrepancy_from = {_fmt(f['discrepancy_from'])}")
         lines.append(f"parameters = {_fmt(f['parameters'])}")
         lines.append("covariance = [")
         for r in f["covariance"]:

@@ -133,7 +133,9 @@ def reproduce(profile: Profile, *, heldout: bool = True, mem: str = MEM, curve: 
     res = evaluate(cells, profile)
     changes = {(c.label, c.cpus): change(c.variant, c.baseline, profile, c.cpus) for c in cells}
     by = {(r.label, r.cpus): r for r in res}
-    ivs = {(c.label, c.cpus): log_interval(_change_log(c), profile, "throughput") for c in cells}
+    # the seed's cells are fitted cells of a profile fitted on the seed table (altra's): fit interval
+    role = "fitted" if profile.fit is not None and "seed" in profile.fit.tables else "unseen"
+    ivs = {(c.label, c.cpus): log_interval(_change_log(c), profile, "throughput", role) for c in cells}
     rows: list[dict[str, float]] = []
     for row in published():
         b, a = ivs[("before_opt", row.cpus)], ivs[("after_opt", row.cpus)]

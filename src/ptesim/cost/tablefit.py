@@ -16,13 +16,14 @@ and the residual standard deviation ``s``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
+from ptesim.cost.discrepancy import NONE, Discrepancy, Residual, choose
 from ptesim.cost.intervals import cell_sigma
 from ptesim.cost.profile import FitInfo, Profile, load_profile, resolve_parameter
 from ptesim.cost.runs import prefetch
@@ -201,11 +202,14 @@ class FoldResult:
     table: str
     fit: TableFit
     predictions: list[CellPrediction]
+    discrepancy: Discrepancy = NONE  # the between-table term in the held-out intervals
 
 
 @dataclass(frozen=True)
 class _Fold:
-    """One leave-one-table-out refit: what a worker process (or Dask worker) needs to run it."""
+    """One refit without ``tables`` (one table: leave-one-table-out; two: the nested refit that gives
+    table ``tables[1]``'s residuals for an interval of ``tables[0]`` without ever seeing it): what a
+    worker process (or Dask worker) needs to run it."""
 
     profile: Profile
     names: tuple[str, ...]
@@ -213,19 +217,36 @@ class _Fold:
     works: dict[str, CellWork]
     holdout: tuple[str, ...]
     command: str
-    table: str
+    tables: tuple[str, ...]
 
 
-def _run_fold(f: _Fold) -> FoldResult | None:
-    """Refit without ``f.table`` and predict its cells; None when too few cells are left to fit."""
+@dataclass(frozen=True)
+class _FoldOut:
+    tables: tuple[str, ...]
+    fit: TableFit
+    predictions: list[CellPrediction]  # of every cell of ``tables``, fit interval only
+
+
+def _run_fold(f: _Fold) -> _FoldOut | None:
+    """Refit without ``f.tables`` and predict their cells; None when too few cells are left to fit."""
     try:
         fit = fit_tables(
-            f.profile, f.names, f.cells, f.works, holdout=[*f.holdout, f.table], command=f.command
+            f.profile, f.names, f.cells, f.works, holdout=[*f.holdout, *f.tables], command=f.command
         )
     except UsageError:
         return None
-    part = [c for c in f.cells if c.machine == f.profile.name and c.table == f.table]
-    return FoldResult(f.table, fit, predict_cells(part, {f.profile.name: fit.profile}, f.works))
+    part = [c for c in f.cells if c.machine == f.profile.name and c.table in f.tables]
+    return _FoldOut(f.tables, fit, predict_cells(part, {f.profile.name: fit.profile}, f.works))
+
+
+def _tables(profile: Profile, cells: Sequence[PubCell], holdout: Sequence[str]) -> list[str]:
+    """The machine's tables that are not wholly held out."""
+    mine = [c for c in cells if c.machine == profile.name]
+    return [
+        t
+        for t in dict.fromkeys(c.table for c in mine)
+        if not all(is_held(c, holdout) for c in mine if c.table == t)
+    ]
 
 
 def folds(
@@ -236,23 +257,111 @@ def folds(
     *,
     holdout: Sequence[str] = (),
     command: str = "",
+    nested: bool = True,
 ) -> list[_Fold]:
-    """The leave-one-table-out refits of ``profile``'s machine (tables wholly held out are skipped)."""
-    mine = [c for c in cells if c.machine == profile.name]
+    """The leave-one-table-out refits of ``profile``'s machine (tables wholly held out are skipped),
+    and with ``nested`` one refit without each pair of its tables."""
+    mine = tuple(c for c in cells if c.machine == profile.name)
     mine_works = {c.id: works[c.id] for c in mine}
-    out = []
-    for table in dict.fromkeys(c.table for c in mine):
-        if all(is_held(c, holdout) for c in mine if c.table == table):
-            continue
-        out.append(_Fold(profile, tuple(names), tuple(mine), mine_works, tuple(holdout), command, table))
-    return out
+    tables = _tables(profile, cells, holdout)
+    sets: list[tuple[str, ...]] = [(t,) for t in tables]
+    if nested:
+        sets += [(a, b) for i, a in enumerate(tables) for b in tables[i + 1 :]]
+    return [_Fold(profile, tuple(names), mine, mine_works, tuple(holdout), command, ts) for ts in sets]
 
 
-def run_folds(tasks: Sequence[_Fold]) -> list[FoldResult]:
+def _residuals(preds: Sequence[CellPrediction], table: str, holdout: Sequence[str]) -> list[Residual]:
+    """The leave-one-table-out residuals of ``table``'s cells (cells the user held out excepted: they
+    are predictions to judge, not calibration)."""
+    return [
+        Residual(p.cell.machine, table, p.cell.id, p.log_error, p.interval.fit_sd**2)
+        for p in preds
+        if p.cell.table == table and not is_held(p.cell, holdout)
+    ]
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Per machine: each table predicted by a fit that never saw it, its interval widened by a
+    discrepancy estimated without it (``folds``), and the discrepancy that the machine's full fit
+    stores for tables it has not seen (``shipped``, from every table's leave-one-table-out residuals)."""
+
+    folds: dict[str, list[FoldResult]]
+    shipped: dict[str, Discrepancy]
+
+
+def cross_validate_machines(
+    specs: Sequence[tuple[Profile, Sequence[str], Sequence[str]]],
+    cells: Sequence[PubCell],
+    works: dict[str, CellWork],
+    *,
+    command: str = "",
+) -> CrossValidation:
+    """Leave one table out at a time for every (profile, fitted names, holdout) of ``specs``, with
+    honest intervals (:mod:`ptesim.cost.discrepancy`).
+
+    Held-out table T of machine M gets the discrepancy estimated from the residuals of M's other tables
+    j, each from the nested refit without both T and j, so that T's published values enter neither
+    the fit that predicts T nor anything its interval is made of; when those residuals span fewer than
+    MIN_TABLES tables, they are pooled with the other machines' leave-one-table-out residuals (fits
+    of other machines never see M's tables).  The refits are independent and run in parallel
+    (:func:`run_folds`)."""
+    tasks = [
+        t
+        for prof, names, hold in specs
+        for t in folds(prof, names, cells, works, holdout=hold, command=command)
+    ]
+    outs = [o for o in run_folds(tasks) if o is not None]
+    holds = {prof.name: tuple(hold) for prof, _, hold in specs}
+    single: dict[str, dict[str, _FoldOut]] = {}
+    pair: dict[str, dict[frozenset[str], _FoldOut]] = {}
+    for o in outs:
+        m = o.fit.profile.name
+        if len(o.tables) == 1:
+            single.setdefault(m, {})[o.tables[0]] = o
+        else:
+            pair.setdefault(m, {})[frozenset(o.tables)] = o
+    loto = {
+        m: [r for t, o in by.items() for r in _residuals(o.predictions, t, holds[m])]
+        for m, by in single.items()
+    }
+
+    def others(m: str) -> list[Residual]:
+        return [r for k, rs in loto.items() if k != m for r in rs]
+
+    shipped = {prof.name: choose(loto.get(prof.name, []), others(prof.name)) for prof, _, _ in specs}
+    result: dict[str, list[FoldResult]] = {prof.name: [] for prof, _, _ in specs}
+    for prof, _, hold in specs:
+        m = prof.name
+        for t, o in single.get(m, {}).items():
+            own = [
+                r
+                for (key, po) in pair.get(m, {}).items()
+                if t in key
+                for j in key - {t}
+                for r in _residuals(po.predictions, j, hold)
+            ]
+            disc = choose(own, others(m))
+            fitted = with_discrepancy(o.fit.profile, disc)
+            part = [p.cell for p in o.predictions]
+            preds = predict_cells(part, {m: fitted}, works)
+            result[m].append(FoldResult(t, replace(o.fit, profile=fitted), preds, disc))
+    return CrossValidation(result, shipped)
+
+
+def with_discrepancy(profile: Profile, disc: Discrepancy) -> Profile:
+    """``profile`` whose ``[fit]`` carries ``disc`` for its predictions of cells it did not see."""
+    if profile.fit is None:
+        return profile
+    info = replace(profile.fit, discrepancy_sd=disc.sd, discrepancy_df=disc.df, discrepancy_from=disc.sources)
+    return replace(profile, fit=info)
+
+
+def run_folds(tasks: Sequence[_Fold]) -> list[_FoldOut | None]:
     """Every refit, on the local process pool or the Dask cluster (:mod:`ptesim.parallel`)."""
     from ptesim.parallel import map_cells
 
-    return [r for r in map_cells(_run_fold, tasks, what="cross-validation fits") if r is not None]
+    return map_cells(_run_fold, tasks, what="cross-validation fits")
 
 
 def cross_validate(
@@ -264,66 +373,70 @@ def cross_validate(
     holdout: Sequence[str] = (),
     command: str = "",
 ) -> list[FoldResult]:
-    """Leave one table out at a time: refit without it, predict its cells (role ``held-out``).
-    The refits are independent and run in parallel (:func:`run_folds`)."""
-    return run_folds(folds(profile, names, cells, works, holdout=holdout, command=command))
+    """Leave one table out at a time: refit without it, predict its cells (role ``held-out``), with
+    the between-table discrepancy of :func:`cross_validate_machines` (this machine alone)."""
+    cv = cross_validate_machines([(profile, names, holdout)], cells, works, command=command)
+    return cv.folds[profile.name]
 
 
 def calibrate_tables(
     paths: list[str],
     *,
     profile: str | None = None,
-    fit_names: list[str] | None = None,
+    fit_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     holdout: list[str] | None = None,
     cross: bool = False,
     command: str = "",
+    machines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Fit every machine of the tables (or only ``profile``'s): {machine: {"fit": TableFit,
-    "folds": [FoldResult] (with ``cross``), "predictions": [CellPrediction] of all its cells}}."""
+    """Fit every machine of the tables (or only ``profile``'s, or ``machines``): {machine: {"fit":
+    TableFit, "folds": [FoldResult] and "discrepancy" (with ``cross``), "predictions":
+    [CellPrediction] of all its cells}}.  ``fit_names`` is one list for every machine or a list per
+    machine.  With ``cross`` the fitted profile stores the between-table discrepancy estimated from
+    the leave-one-table-out residuals (:func:`cross_validate_machines`)."""
     cells = read_tables(paths)
-    machines = list(dict.fromkeys(c.machine for c in cells))
+    present = list(dict.fromkeys(c.machine for c in cells))
     if profile is not None:
         prof0 = load_profile(profile)
-        if prof0.name not in machines:
+        if prof0.name not in present:
             raise UsageError(f"calibrate: no cell of the tables is for machine {prof0.name!r}")
         profiles = {prof0.name: prof0}
     else:
-        profiles = {m: load_profile(m) for m in machines}
+        profiles = {m: load_profile(m) for m in present if machines is None or m in machines}
     cells = [c for c in cells if c.machine in profiles]
     prefetch([s for c in cells for s in cell_runs(c, profiles[c.machine]) if s is not None])
     works = {c.id: cell_work(c, profiles[c.machine]) for c in cells}
     out: dict[str, Any] = {}
-    tasks: list[_Fold] = []
+    specs: list[tuple[Profile, Sequence[str], Sequence[str]]] = []
     for name, prof in profiles.items():
-        names = fit_names or (list(prof.fit.parameters) if prof.fit else [])
+        given_names = fit_names.get(name) if isinstance(fit_names, Mapping) else fit_names
+        names = list(given_names or (list(prof.fit.parameters) if prof.fit else []))
         if not names:
             raise UsageError(f"calibrate: {name}: name the parameters to fit (--fit a,b,...)")
         f = fit_tables(prof, names, cells, works, holdout=holdout or [], command=command)
         mine = [c for c in cells if c.machine == name]
         out[name] = {"fit": f, "predictions": predict_cells(mine, {name: f.profile}, works)}
-        if cross:
-            out[name]["folds"] = []
-            tasks += folds(prof, names, cells, works, holdout=holdout or [], command=command)
-    # every machine's refits at once: they are independent (local pool, or --scheduler's cluster)
-    for fr in run_folds(tasks):
-        out[fr.fit.profile.name]["folds"].append(fr)
+        specs.append((prof, names, holdout or []))
+    if cross:
+        # every machine's refits at once: they are independent (local pool, or --scheduler's cluster)
+        cv = cross_validate_machines(specs, cells, works, command=command)
+        for name, e in out.items():
+            e["folds"] = cv.folds[name]
+            e["discrepancy"] = cv.shipped[name]
+            e["fit"] = replace(e["fit"], profile=with_discrepancy(e["fit"].profile, cv.shipped[name]))
     return out
 
 
 def cross_validate_tables(paths: Sequence[str]) -> list[FoldResult]:
     """``validate --cross-validate``: for each machine of the tables whose shipped profile was fitted,
-    refit the same parameters once per table with that table left out, and predict it."""
+    refit the same parameters once per table with that table left out, and predict it (with the
+    between-table discrepancy estimated without it)."""
     cells = read_tables(paths)
     profiles = {m: load_profile(m) for m in dict.fromkeys(c.machine for c in cells)}
     fitted = {m: p for m, p in profiles.items() if p.fit is not None and p.fit.parameters}
     cells = [c for c in cells if c.machine in fitted]
     prefetch([s for c in cells for s in cell_runs(c, fitted[c.machine]) if s is not None])
     works = {c.id: cell_work(c, fitted[c.machine]) for c in cells}
-    tasks = [
-        t
-        for m, p in fitted.items()
-        for t in folds(
-            p, p.fit.parameters if p.fit else (), cells, works, holdout=p.fit.held_out if p.fit else ()
-        )
-    ]
-    return run_folds(tasks)
+    specs = [(p, p.fit.parameters, p.fit.held_out) for p in fitted.values() if p.fit is not None]
+    cv = cross_validate_machines(specs, cells, works)
+    return [fr for m in fitted for fr in cv.folds[m]]

@@ -133,8 +133,9 @@ def predict_cells(
     for c in cells:
         prof = profiles[c.machine]
         cw = works[c.id]
-        iv = log_interval(_pricer(cw), prof, kind_of(c))
-        out.append(CellPrediction(c, prof.name, iv, role_of(c, prof)))
+        role = role_of(c, prof)
+        iv = log_interval(_pricer(cw), prof, kind_of(c), role)
+        out.append(CellPrediction(c, prof.name, iv, role))
     return out
 
 
@@ -146,8 +147,8 @@ def _pricer(cw: CellWork) -> Callable[[Profile], float]:
 
 
 def summary(preds: Sequence[CellPrediction]) -> dict[str, Any]:
-    """Per role: cells, max and median |error| (pp for changes, % for seconds), interval coverage,
-    and the issue's targets (changes above +100% within a factor 2, changes within +-20% within 5 pp)."""
+    """Per role: cells, max |error| (pp for changes, % for seconds), interval coverage and median
+    width (as a factor hi/lo of time, and in pp for changes), and the issue's targets (changes above +100% within a factor 2, changes within +-20% within 5 pp)."""
     out: dict[str, Any] = {"cells": len(preds)}
     for role in ROLES:
         group = [p for p in preds if p.role == role]
@@ -162,10 +163,21 @@ def summary(preds: Sequence[CellPrediction]) -> dict[str, Any]:
             "max_abs_error_pp": round(max(pct), 3) if pct else None,
             "max_abs_error_seconds_pct": round(max(sec), 3) if sec else None,
             "coverage_90": round(sum(p.covered for p in group) / len(group), 3),
+            # how wide: hi/lo of the interval as a factor of time (log scale), and in pp for changes
+            "median_width_factor": round(math.exp(_median([p.interval.hi - p.interval.lo for p in group])), 3),
+            "median_width_pp": round(_median([p.hi - p.lo for p in group if p.cell.percent]), 2)
+            if any(p.cell.percent for p in group)
+            else None,
             "big_within_factor_2": f"{sum(_factor(p) <= 2 for p in big)}/{len(big)}",
             "small_within_5pp": f"{sum(abs(p.error) <= 5 for p in small)}/{len(small)}",
         }
     return out
+
+
+def _median(xs: Sequence[float]) -> float:
+    v = sorted(xs)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def _factor(p: CellPrediction) -> float:
