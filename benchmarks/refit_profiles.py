@@ -77,6 +77,7 @@ def main() -> int:
     ap.add_argument("--machines", default=",".join(FREE), help="comma list (default: all)")
     ap.add_argument("--markdown", action="store_true", help="print the docs/cost.md tables at the end")
     ap.add_argument("--no-cross", action="store_true", help="skip the leave-one-table-out refits")
+    ap.add_argument("--residuals", help="write every leave-one-table-out residual (log scale) as JSON")
     args = ap.parse_args()
     t0 = time.time()
     tables = shipped_tables()
@@ -98,6 +99,12 @@ def main() -> int:
             machines=machines,
         ).items()
     }
+    if args.residuals:
+        import dataclasses
+        import json
+
+        doc = {m: [dataclasses.asdict(r) for r in e.get("residuals", [])] for m, e in results.items()}
+        Path(args.residuals).write_text(json.dumps(doc, indent=1), encoding="utf-8")
     for machine in machines:
         e = results[machine]
         fit = e["fit"]

@@ -81,18 +81,22 @@ def _reference() -> list[tuple[float, float, float]]:
     return _held_out(*_made(), "tb")
 
 
-def test_the_moment_estimate_weighs_tables_and_subtracts_the_fits_own_variance(
+def test_the_estimate_weighs_tables_and_allows_for_the_fits_own_variance(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(discrepancy, "MIN_TABLES", 3)
     rs = [
         Residual("m", "a", "a#1", 0.3, 0.01),
-        Residual("m", "a", "a#2", 0.1, 0.01),  # table a: mean r^2 - v = 0.04
-        Residual("m", "b", "b#1", 0.1, 0.0),  # table b: 0.01
+        Residual("m", "a", "a#2", 0.1, 0.01),  # table a: its two cells share one weight
+        Residual("m", "b", "b#1", 0.1, 0.01),
     ]
     d = estimate(rs)
-    assert d.sd == pytest.approx(math.sqrt((0.04 + 0.01) / 2)) and d.df == 1
+    # equal v: v + tau^2 is the table-weighted mean of r^2, (0.5*0.09 + 0.5*0.01 + 0.01) / 2
+    assert d.sd == pytest.approx(math.sqrt(0.03 - 0.01), rel=1e-4) and d.df == 1
     assert estimate([Residual("m", "a", "a#1", 0.01, 0.04)]).sd == 0.0  # no excess over the fit's scatter
+    # a table the fit could not pin down (large v, small r) does not cancel another's large miss
+    mixed = estimate([Residual("m", "a", "a#1", 0.3, 1e-4), Residual("m", "b", "b#1", 0.01, 0.5)])
+    assert mixed.sd > 0.2
     # too few tables of its own: pooled with the other machines' residuals
     other = [Residual("n", t, f"{t}#1", 0.2, 0.0) for t in "xyz"]
     pooled = choose(rs, other)

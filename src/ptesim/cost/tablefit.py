@@ -288,6 +288,7 @@ class CrossValidation:
 
     folds: dict[str, list[FoldResult]]
     shipped: dict[str, Discrepancy]
+    residuals: dict[str, list[Residual]]  # per machine, of the plain leave-one-table-out fits
 
 
 def cross_validate_machines(
@@ -346,7 +347,7 @@ def cross_validate_machines(
             part = [p.cell for p in o.predictions]
             preds = predict_cells(part, {m: fitted}, works)
             result[m].append(FoldResult(t, replace(o.fit, profile=fitted), preds, disc))
-    return CrossValidation(result, shipped)
+    return CrossValidation(result, shipped, loto)
 
 
 def with_discrepancy(profile: Profile, disc: Discrepancy) -> Profile:
@@ -423,6 +424,7 @@ def calibrate_tables(
         for name, e in out.items():
             e["folds"] = cv.folds[name]
             e["discrepancy"] = cv.shipped[name]
+            e["residuals"] = cv.residuals.get(name, [])
             e["fit"] = replace(e["fit"], profile=with_discrepancy(e["fit"].profile, cv.shipped[name]))
     return out
 

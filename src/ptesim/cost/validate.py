@@ -148,7 +148,8 @@ def _pricer(cw: CellWork) -> Callable[[Profile], float]:
 
 def summary(preds: Sequence[CellPrediction]) -> dict[str, Any]:
     """Per role: cells, max |error| (pp for changes, % for seconds), interval coverage and median
-    width (as a factor hi/lo of time, and in pp for changes), and the issue's targets (changes above +100% within a factor 2, changes within +-20% within 5 pp)."""
+    width (as a factor hi/lo of time, and in pp for changes), and the issue's targets (changes
+    above +100% within a factor 2, changes within +-20% within 5 pp)."""
     out: dict[str, Any] = {"cells": len(preds)}
     for role in ROLES:
         group = [p for p in preds if p.role == role]
@@ -164,7 +165,9 @@ def summary(preds: Sequence[CellPrediction]) -> dict[str, Any]:
             "max_abs_error_seconds_pct": round(max(sec), 3) if sec else None,
             "coverage_90": round(sum(p.covered for p in group) / len(group), 3),
             # how wide: hi/lo of the interval as a factor of time (log scale), and in pp for changes
-            "median_width_factor": round(math.exp(_median([p.interval.hi - p.interval.lo for p in group])), 3),
+            "median_width_factor": round(
+                math.exp(_median([p.interval.hi - p.interval.lo for p in group])), 3
+            ),
             "median_width_pp": round(_median([p.hi - p.lo for p in group if p.cell.percent]), 2)
             if any(p.cell.percent for p in group)
             else None,
