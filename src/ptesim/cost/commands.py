@@ -1037,8 +1037,9 @@ def _whatif_text(table: Tidy, cpus: tuple[int, ...], mems: tuple[int, ...], fork
         "Change from batching PTEs during fork (before -> after), predicted by the model.\n"
         f"will-it-scale fork and exit ({mem_text} per worker, steady state): change in iterations/s; "
         f"{fork_mem} fork: change in latency of one process's first fork (negative = faster).  "
-        "In brackets: the 90% interval propagated from the profile's table fit ('no fit': the "
-        "profile's values are assumed, not fitted).\n"
+        "In brackets: the 90% interval of the profile's table fit widened by its between-table "
+        "discrepancy, for no table showed the fit these configurations (docs/cost.md section 11; "
+        "'no fit': the profile's values are assumed, not fitted).\n"
     )
     print(
         markdown_table(
