@@ -109,11 +109,17 @@ def test_cross_validation_predicts_each_table_unseen(
         )
         == 0
     )
-    folds = json.loads(capsys.readouterr().out)["altra"]["cross_validation"]
+    doc = json.loads(capsys.readouterr().out)["altra"]
+    folds = doc["cross_validation"]
     assert [f["table"] for f in folds] == ["fork-a", "zap-b", "abs-c"]
+    # the discrepancy stored for unseen tables comes from every table's leave-one-out residuals;
+    # that of a held-out table never from the table itself
+    assert sorted(doc["discrepancy"]["from"]) == ["altra/abs-c", "altra/fork-a", "altra/zap-b"]
     for f in folds:
+        assert f"altra/{f['table']}" not in f["discrepancy"]["from"]
         for c in f["cells"]:
             assert c["role"] == "held-out" and c["table"] == f["table"]
+            assert c["lo"] <= c["predicted"] <= c["hi"]
             tol = 0.05 if c["metric"] != "seconds" else 1e-3 * c["published"]
             assert c["predicted"] == pytest.approx(c["published"], abs=tol)
 
