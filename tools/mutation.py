@@ -39,6 +39,7 @@ longest completed prefix, itself a uniform sample.
     python tools/mutation.py --functions 'ptesim.cost.model.*' --all  # every mutant of a module
     python tools/mutation.py --continue --budget 10   # resume an interrupted run
     python tools/mutation.py --rerun-survivors        # after adding tests: only the survivors
+    python tools/mutation.py --rerun-survivors --keep-coverage --mutants '*.x_madvise__*'  # some
     python tools/mutation.py --report                 # the score of what has run so far
 
 The summary (score with its 95% interval, per package, every surviving mutant with its diff) is
@@ -735,6 +736,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --rerun-survivors: only the survivors in the scored prefix of the sample",
     )
+    ap.add_argument(
+        "--mutants",
+        nargs="+",
+        metavar="GLOB",
+        help="with --rerun-survivors: only the survivors whose names match (e.g. those a new test reaches)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ptesim-mutation"))
@@ -757,6 +764,8 @@ def main(argv: list[str] | None = None) -> int:
             chosen = chosen[: next((i for i, n in enumerate(chosen) if n not in res), len(chosen))]
         # survivors, and timeouts too: their limits are worth a second look
         names = [n for n in chosen if n in res and res[n]["status"] != "killed"]
+        if a.mutants:
+            names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in a.mutants)]
         if not a.keep_coverage:  # the workdir as it is: the sources it was sampled from
             prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
             generate(workdir, a.jobs)
