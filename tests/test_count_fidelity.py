@@ -256,6 +256,67 @@ def test_munmap_pmd_thp_entire_and_nr_pages_mapped() -> None:
     assert res.sink.totals()["mapcount"] == 2
 
 
+@pytest.mark.parametrize("preset,atomics", [("v6.9", 0), ("v6.11", 1)])
+def test_munmap_pmd_thp_large_mapcount_once_per_pmd(preset: str, atomics: int) -> None:
+    """__folio_remove_rmap(RMAP_LEVEL_PMD) (mm/rmap.c): from v6.11 ('mm: track mapcount of large
+    folios in single value') removing a PMD mapping also subtracts the folio's pages from
+    _large_mapcount, one atomic per PMD; before, there is no such counter."""
+    res = run_scenario(
+        ModelSpec(arch="x86", preset=preset, folio=2 * MiB, mem=4 * MiB, checks=True), "munmap"
+    )
+    totals = res.sink.totals()
+    assert totals["large_mapcount"] == 2 * atomics
+    assert totals["mapcount"] == 2 * 2  # _entire_mapcount and _nr_pages_mapped, as before
+
+
+@pytest.mark.parametrize("preset", ["v6.8", "contpte-v2-01-13", "v6.9"])
+def test_fork_charges_the_childs_folio_references_to_the_child(preset: str) -> None:
+    """copy_present_ptes() (mm/memory.c; Ryan Roberts' batch-copy in contpte v2 #01-#13 takes the
+    references in one folio_ref_add() per contiguous block): every folio reference fork takes
+    is for a PTE of the child, so all of them are ``fork_child`` work -- one per page (v6.8)
+    or one per 64K folio (batched) -- and none is the parent's."""
+    k = Kernel("arm64", preset, checks=True)
+    k.set_folio_size(64 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(MiB)
+    t.populate(a, MiB)
+    k.sink.reset()
+    t.fork(1)
+    phases = k.sink.by_phase()
+    per = 1 if preset == "v6.8" else 16
+    assert phases["fork_child"]["folio_ref"] == MiB // (4 * KiB) // per
+    assert phases["fork_parent"]["folio_ref"] == 0
+
+
+def test_every_event_belongs_to_a_known_phase() -> None:
+    """Each syscall's kernel work is charged to its own phase (events.PHASES, the phases the cost
+    model prices); set-up work -- switch_mm, pin bookkeeping -- to ``setup``."""
+    from ptesim.events import PHASES
+
+    k = Kernel("arm64", "v6.9", checks=True)
+    k.set_folio_size(64 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(MiB)
+    t.populate(a, MiB)
+    pfn = t.pin(a)
+    t.unpin(pfn)
+    t.migrate(1)
+    k.sink.reset()
+    t.madvise(a, 256 * KiB, "dontneed")
+    assert set(k.sink.by_phase()) == {"madvise"}
+    th = t.thread(2)
+    pfn = th.pin(a + 512 * KiB)
+    t.unpin(pfn)
+    c = t.fork(3)
+    t.mprotect(a, MiB, "r")
+    t.mremap(a + 512 * KiB, 64 * KiB, a + 4 * MiB)
+    t.munmap(a + 256 * KiB, 64 * KiB)
+    c.exit()
+    phases = k.sink.by_phase()
+    assert set(phases) <= set(PHASES)
+    assert phases["setup"]["folio_ref"] == 1  # unpin_user_page() drops the pin's reference
+
+
 @pytest.mark.parametrize("preset,per_block", [("v6.11", 16 + 16), ("v6.12", 16 + 1)])
 def test_munmap_nr_pages_mapped_once_per_batch_from_v6_12(preset: str, per_block: int) -> None:
     """__folio_remove_rmap(RMAP_LEVEL_PTE) (mm/rmap.c): up to v6.11 each of the 16 pages of a 64K

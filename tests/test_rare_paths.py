@@ -75,3 +75,65 @@ def test_pmd_aligned_mremap_moves_a_pmd_mapped_thp_whole() -> None:
         assert t.read(new + off) == off
     with pytest.raises(SegmentationFault):
         t.read(a)
+
+
+@pytest.mark.parametrize("arch", ["arm64", "riscv"])
+def test_the_mmu_faults_on_a_prot_none_entry(arch: str) -> None:
+    """mprotect(PROT_NONE) keeps the pages (pte_present() is still true for the kernel: PAGE_NONE
+    on arm64 is PTE_PRESENT_INVALID with PTE_VALID clear, on riscv _PAGE_PROT_NONE without
+    _PAGE_PRESENT) but the hardware walker must fault on every access to them."""
+    from ptesim.hw.mmu import walk
+
+    k = Kernel(arch, "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    t.write(a, 5)
+    t.mprotect(a, 16 * PAGE, "")
+    pte, _, _ = walk(k, t.mm, a)
+    assert pte is not None and k.arch.pte_present(pte)  # still mapped for the kernel
+    assert k.arch.hw_access(pte, False) is None
+    assert k.arch.hw_access(pte, True) is None
+    t.mprotect(a, 16 * PAGE, "r")
+    assert t.read(a) == 5  # the same page again
+
+
+def test_madvise_hugepage_decides_thp_in_madvise_mode() -> None:
+    """THP ``enabled=madvise`` (mm/huge_memory.c thp_vma_allowable_orders()): only a VMA with
+    VM_HUGEPAGE (madvise(MADV_HUGEPAGE), mm/khugepaged.c hugepage_madvise()) gets a PMD-mapped
+    THP on its first fault; MADV_NOHUGEPAGE takes it away again."""
+    MiB = 1 << 20
+    k = Kernel("x86", "v6.9", checks=True)
+    k.set_folio_size(2 * MiB, mode="madvise")
+    t = k.spawn(0)
+    plain = t.mmap(4 * MiB)
+    advised = t.mmap(4 * MiB)
+    revoked = t.mmap(4 * MiB)
+    t.madvise(advised, 4 * MiB, "hugepage")
+    t.madvise(revoked, 4 * MiB, "hugepage")
+    t.madvise(revoked, 4 * MiB, "nohugepage")
+    for a in (plain, advised, revoked):
+        t.write(a, 1)
+    assert isinstance(t.mm.pmd_entry(advised), int)  # a PMD leaf
+    assert not isinstance(t.mm.pmd_entry(plain), int)
+    assert not isinstance(t.mm.pmd_entry(revoked), int)
+
+
+@pytest.mark.parametrize("preset", ["v6.9", "v6.17"])
+@pytest.mark.parametrize("arch", ["x86", "arm64"])
+def test_mremap_moves_zero_page_mappings(arch: str, preset: str) -> None:
+    """Read faults on anonymous memory map the shared zero page (do_anonymous_page()); mm/mremap.c
+    move_ptes() moves those entries like any other -- v6.17's batching asks vm_normal_page()
+    for the folio, which has none for the zero page, and then moves one entry at a time -- and
+    the new range still reads zeros from the same zero page, the old one nothing."""
+    k = Kernel(arch, preset, checks=True)
+    k.set_folio_size(64 * 1024)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    for off in range(0, 16 * PAGE, PAGE):
+        assert t.read(a + off) == 0
+    zero = t.translate(a)
+    new = t.mremap(a, 16 * PAGE, a + (4 << 20))
+    assert all(t.translate(new + off) == zero for off in range(0, 16 * PAGE, PAGE))
+    assert t.read(new + 5 * PAGE) == 0
+    with pytest.raises(SegmentationFault):
+        t.read(a)
