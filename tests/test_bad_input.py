@@ -28,7 +28,13 @@ PROFILES = {
     "infinite.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = inf", GOOD_PROFILE, count=1),
     "nan.toml": re.sub(r"(?m)^pte_read = .*$", "pte_read = nan", GOOD_PROFILE, count=1),
     "too-big.toml": GOOD_PROFILE + "#" * (1 << 20),
+    "name-not-text.toml": re.sub(r'(?m)^name = "altra"$', "name = 7", GOOD_PROFILE, count=1),
+    "unknown-bound-key.toml": GOOD_PROFILE.replace(
+        '"local_ns.pte_read" = {lo = 0.333333,', '"local_ns.pte_read" = {typo = 1, lo = 0.333333,', 1
+    ),
+    "no-pct-column.csv": "cpus,fork_change\n1,5.0\n",
 }
+assert 'name = "altra"' in GOOD_PROFILE and '"local_ns.pte_read" = {lo = 0.333333,' in GOOD_PROFILE
 
 #: saved fuzz programs for --replay, each broken in one field
 _STEP = '{"op": "mmap", "region": 0, "off": 0, "pages": 4, "shared": false}'
@@ -134,6 +140,9 @@ CORPUS: list[tuple[list[str], str]] = [
     (["reproduce", "seed", "--profile", "{unknown-key.toml}"], "bogus_section"),
     (["reproduce", "seed", "--profile", "{unknown-param.toml}"], "warp_ns"),
     (["reproduce", "seed", "--profile", "{wrong-type.toml}"], "pte_read"),
+    (["reproduce", "seed", "--profile", "{name-not-text.toml}"], "profile.name"),
+    (["reproduce", "seed", "--profile", "{unknown-bound-key.toml}"], "typo"),
+    (["calibrate", "--table", "{no-pct-column.csv}"], "_pct"),
     (["reproduce", "seed", "--profile", "{negative.toml}"], "pte_write"),
     (["reproduce", "seed", "--profile", "{empty.toml}"], "profile"),
     (["reproduce", "seed", "--profile", "{binary.toml}"], "binary.toml"),

@@ -113,3 +113,25 @@ def test_host_document_for_another_arch_or_untimed(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="no size was timed"):
         fit_host(str(path), load_profile("x86-host"))
+
+
+def test_host_measurement_is_net_of_the_measuring_process() -> None:
+    """A host result's time on the buffer: ``net_ms`` (median less the measuring process's own
+    fork), the median itself when an older document has no ``net_ms``, and with ``--statistic
+    min`` the fastest sample less the same baseline."""
+    from ptesim.cost.hostfit import host_cells
+
+    doc = {
+        "arch": "x86_64",
+        "op": "fork",
+        "mem": 1 << 20,
+        "results": [
+            {"size": "4K", "net_ms": 2.0, "median_ms": 2.5, "min_ms": 1.75, "baseline_ms": 0.5},
+            {"size": "64K", "median_ms": 0.75, "min_ms": 0.625, "baseline_ms": 0.125},
+        ],
+    }
+    prof = load_profile("x86-host")
+    by_median = {c.label.split()[-1]: c.measured_ms for c in host_cells(doc, prof)}
+    by_min = {c.label.split()[-1]: c.measured_ms for c in host_cells(doc, prof, statistic="min")}
+    assert by_median == {"4K": 2.0, "64K": 0.75}
+    assert by_min == {"4K": 1.25, "64K": 0.5}

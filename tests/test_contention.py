@@ -96,3 +96,38 @@ def test_bad_network_is_a_usage_error() -> None:
         mva(ClosedNetwork(think_ns=1.0, demand_ns=1.0, visits=1), 0)
     with pytest.raises(UsageError):
         simulate(ClosedNetwork(think_ns=1.0, demand_ns=0.0, visits=0), 2)
+
+
+@pytest.mark.parametrize("think_ns", [0.25, 0.5, 1.0, 3.0])
+@pytest.mark.parametrize("cpus", [1, 4])
+def test_no_shared_demand_means_no_contention(think_ns: float, cpus: int) -> None:
+    """Without demand at the shared resource every worker only thinks: cpus / think iterations
+    per ns, whatever the time unit makes of the think time (a think time below 1 is still a time)."""
+    for solver in (mva, solve):
+        s = solver(ClosedNetwork(think_ns=think_ns, demand_ns=0.0, visits=0), cpus)
+        assert s.throughput_per_ns == pytest.approx(cpus / think_ns)
+        assert s.cycle_ns == pytest.approx(think_ns)
+        assert s.waiting_ns == 0.0 and s.queue == 0.0
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_workers_that_never_think_queue_behind_each_other(cpus: int) -> None:
+    """Zero think time: every worker is always at the resource, which is always busy; one
+    iteration completes per service demand, and each worker waits for the other cpus - 1 visits
+    (a lone CPU waits for nothing)."""
+    d = 7.0
+    s = mva(ClosedNetwork(think_ns=0.0, demand_ns=d, visits=1), cpus)
+    assert s.throughput_per_ns == pytest.approx(1 / d)
+    assert s.service_ns == pytest.approx(d) and s.lone_service_ns == pytest.approx(d)
+    assert s.waiting_ns == pytest.approx((cpus - 1) * d)
+    assert s.utilization == 1.0 and s.queue == cpus
+
+
+@pytest.mark.parametrize("visits", [1, 4])
+def test_simulation_splits_the_demand_over_the_visits(visits: int) -> None:
+    """``demand_ns`` is per iteration, spread over ``visits`` visits (as is ``think_ns``): the
+    simulated throughput of 4 CPUs agrees with exact MVA for one visit or several."""
+    net = ClosedNetwork(think_ns=300.0, demand_ns=60.0, visits=visits)
+    exact = mva(net, 4).throughput_per_ns
+    sim = simulate(net, 4, visits_per_worker=1500, seed=1).throughput_per_ns
+    assert sim == pytest.approx(exact, rel=0.06)

@@ -332,3 +332,56 @@ def test_calibration_provenance_is_a_command_that_refits_the_same_values(tmp_pat
     second = tomllib.loads((tmp_path / "again.toml").read_text(encoding="utf-8"))
     for name in ("mapcount", "folio_ref"):
         assert second["local_ns"][name] == first["local_ns"][name]
+
+
+def test_help_describes_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ptesim --help` lists every command with a one-line description of what it does."""
+    import argparse
+
+    from ptesim.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    described = {a.dest: a.help for a in sub._choices_actions}
+    assert set(described) == set(sub.choices)
+    assert all(described.values()), [k for k, v in described.items() if not v]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"    {name}" in out for name in sub.choices)
+
+
+def test_latency_line_adds_up_to_the_total() -> None:
+    """`ptesim latency` text: the time in ms, then its parts by category, also in ms, which add
+    up to it (each rounded to 0.001 ms)."""
+    rc, text = _run(["latency", "fork", "--arch", "arm64", "--mem", "1M"])
+    assert rc == 0
+    line = text.strip().splitlines()[0]
+    head, _, tail = line.partition("; ")
+    total = float(head.split(": ")[-1].split()[0])
+    assert tail.endswith(" ms")
+    parts = [p.rsplit(" ", 1) for p in tail.removesuffix(" ms").split(", ")]
+    assert len(parts) >= 2 and all(name for name, _ in parts)
+    assert sum(float(v) for _, v in parts) == pytest.approx(total, abs=0.0005 * (len(parts) + 1))
+
+
+def test_whatif_op_json_change_is_after_over_before() -> None:
+    """`whatif --op X --json`: each row's change is its after time over its before time, in %."""
+    rc, text = _run(["whatif", "--op", "mremap", "--mem", "2M", "--json"])
+    assert rc == 0
+    rows = json.loads(text)["rows"]
+    assert rows
+    for r in rows:
+        assert r["before_ns"] > 0 and r["after_ns"] > 0
+        assert r["change_pct"] == pytest.approx(100 * (r["after_ns"] / r["before_ns"] - 1), abs=0.01)
+
+
+@pytest.mark.parametrize("op", sorted(whatif_mod.OP_KERNELS))
+def test_whatif_op_configurations_run_known_kernels(op: str) -> None:
+    """Every configuration `whatif --op` prices names kernels that exist, for its arch: presets
+    with flag overrides that apply to it (e.g. the Svnapot rows of munmap)."""
+    from ptesim.kernel.config import preset
+
+    for c in whatif_mod.op_configs(op):
+        for name, overrides in (c.before, c.after):
+            cfg = preset(name)
+            assert all(hasattr(cfg, flag) for flag, _ in overrides), (c.label, overrides)

@@ -120,3 +120,37 @@ def test_with_values_and_aliases() -> None:
         p.with_values({"pte_read_ns": -1})
     with pytest.raises(UsageError, match="unknown profile parameter"):
         p.get("warp_ns")
+
+
+def test_interval_ignores_parameters_the_quantity_does_not_depend_on() -> None:
+    """cost/intervals.py log_interval(): the delta method over the fitted parameters.  A parameter
+    the quantity does not depend on adds nothing to its interval, whatever its value -- also
+    0, where no log-scale derivative exists (it is skipped, and the others still count)."""
+    import math
+
+    from ptesim.cost.intervals import log_interval
+
+    prof = load_profile("altra")
+    assert prof.fit is not None
+    first, second = prof.fit.parameters[:2]
+
+    def fn(p: Any) -> float:
+        return math.log(p.parameters()[second])
+
+    iv = log_interval(fn, prof)
+    zero = log_interval(fn, prof.with_values({first: 0.0}))
+    assert iv.has_fit and iv.hi - iv.lo > 0
+    assert (zero.lo, zero.hi) == pytest.approx((iv.lo, iv.hi))
+
+
+def test_calibration_label_names_where_values_came_from() -> None:
+    """whatif's calibration line: each shipped profile says how many values were calibrated and
+    from what (published tables, the seed, host measurements), the rest assumed."""
+    from ptesim.cost.whatif import _source, calibration_label
+
+    assert _source("calibrated: tables core-batch-altra, v4-15") == "tables"
+    assert _source("calibrated: seed fit of the 2023 fork numbers") == "seed"
+    assert _source("calibrated: host fork --json, median") == "host"
+    assert _source("calibrated: least squares") == "fit"
+    label = calibration_label(load_profile("altra"))
+    assert label.startswith("altra: ") and "(tables)" in label and label.endswith(" assumed")
