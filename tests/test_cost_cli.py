@@ -385,3 +385,30 @@ def test_whatif_op_configurations_run_known_kernels(op: str) -> None:
         for name, overrides in (c.before, c.after):
             cfg = preset(name)
             assert all(hasattr(cfg, flag) for flag, _ in overrides), (c.label, overrides)
+
+
+def test_per_command_defaults_are_the_documented_ones() -> None:
+    """docs/cli.md gives each command's own default ``--mem`` and ``--cpus`` (will-it-scale's
+    128M per worker on 1,8,16,24,32 CPUs for ``wis``...): the parser has exactly those."""
+    import re
+
+    from ptesim.cli import build_parser
+    from ptesim.units import parse_size
+
+    doc = (Path(__file__).parents[1] / "docs/cli.md").read_text()
+    needs = {"reproduce": ["seed"], "latency": ["fork"]}
+    parser = build_parser()
+    checked = 0
+    for opt in ("mem", "cpus"):
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `--{opt}` |"))
+        for item in row.split("per command:")[1].rstrip(" |").split(", "):
+            value = item.rsplit("`", 1)[1].split()[0]
+            if opt == "cpus" and "," not in value:
+                continue  # explain/trace: the model's CPU count, not a --cpus list
+            want = parse_size(value) if opt == "mem" else tuple(int(c) for c in value.split(","))
+            for cmd in re.findall(r"`(\w+)`", item):
+                args = parser.parse_args([cmd, *needs.get(cmd, [])])
+                got = getattr(args, opt)
+                assert (got[0] if opt == "mem" else tuple(got)) == want, (cmd, opt, got)
+                checked += 1
+    assert checked >= 8
