@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from ptesim.events import with_aggregates
+from ptesim.kernel.core import Kernel
 from ptesim.workloads.scenarios import ModelSpec, run_scenario
 
 MiB = 1 << 20
@@ -121,3 +122,32 @@ def test_cow_write_counts() -> None:
     c = counts("v6.9", "cow-write", mem=128 * 1024)
     assert c["page_copy"] == 32
     assert c["tlbi_page"] == 32
+
+
+def test_remote_flush_spares_other_address_spaces() -> None:
+    """arch/x86/mm/tlb.c flush_tlb_func(), run by the IPI on another CPU: with PCID the TLB keeps
+    entries of several address spaces, and the INVLPGs of a munmap of one page drop that page
+    of the mm being flushed only -- not the same address of another process, nor its neighbours."""
+    k = Kernel("x86", "v6.9", checks=True)
+    page = 4096
+    a_task = k.spawn(0)
+    a = a_task.mmap(16 * page)
+    a_task.populate(a, 16 * page)
+    a_thread = a_task.thread(1)
+    b_task = k.spawn(2)
+    b = b_task.mmap(16 * page)
+    b_task.populate(b, 16 * page)
+    assert a == b  # the same virtual address in both processes
+    b_task.migrate(1)
+    b_task.read(b)
+    a_thread.migrate(1)
+    a_thread.read(a)
+    a_thread.read(a + page)
+    tlb = k.hw.cpus[1].tlb
+    vpn = a // page
+    k.sink.reset()
+    a_task.munmap(a, page)
+    assert k.sink.totals()["ipi"] == 1
+    assert tlb.lookup(a_task.mm.asid, vpn) is None
+    assert tlb.lookup(a_task.mm.asid, vpn + 1) is not None
+    assert tlb.lookup(b_task.mm.asid, vpn) is not None
