@@ -132,14 +132,17 @@ def test_interval_ignores_parameters_the_quantity_does_not_depend_on() -> None:
 
     prof = load_profile("altra")
     assert prof.fit is not None
-    first, second = prof.fit.parameters[:2]
+    first = prof.fit.parameters[0]
+    # a later parameter whose fitted value is uncertain (not at a bound)
+    second = next(k for j, k in enumerate(prof.fit.parameters) if j and prof.fit.covariance[j][j] > 0)
 
     def fn(p: Any) -> float:
         return math.log(p.parameters()[second])
 
     iv = log_interval(fn, prof)
     zero = log_interval(fn, prof.with_values({first: 0.0}))
-    assert iv.has_fit and iv.hi - iv.lo > 0
+    alone = log_interval(lambda p: 0.0, prof)  # depends on no parameter: the scatter alone
+    assert iv.has_fit and iv.hi - iv.lo > alone.hi - alone.lo
     assert (zero.lo, zero.hi) == pytest.approx((iv.lo, iv.hi))
 
 
