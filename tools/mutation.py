@@ -279,14 +279,20 @@ POOL_TESTS = (
 
 
 def coverage_run_new(workdir: Path, tests: list[str]) -> set[str]:
-    """Coverage of tests added since the run (``.coverage.new``): their ids, their durations
-    merged into ``durations.json``."""
+    """Coverage of tests added since the run (``.coverage.new``, then ``.coverage.new2``, ...: an
+    earlier batch of new tests keeps its coverage): their ids, their durations merged into
+    ``durations.json``."""
     include = ",".join(f"src/ptesim/{p}/*" for p in PACKAGES)
+    data = ".coverage.new"
+    n = 1
+    while (workdir / data).exists():
+        n += 1
+        data = f".coverage.new{n}"
     e = env(workdir)
     e["PYTHONPATH"] = str(workdir / "src")
     e["PTESIM_MUTATION_COVERAGE"] = str(workdir / "durations.new.json")
     e.pop("PTESIM_MUTATION_KILL_LOG")
-    cmd = [sys.executable, "-m", "coverage", "run", "--data-file=.coverage.new", f"--include={include}"]
+    cmd = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", f"--include={include}"]
     cmd += ["-m", "pytest", "-q", *PYTEST_ARGS, *tests]
     if subprocess.run(cmd, cwd=workdir, env=e).returncode != 0:
         raise SystemExit("the new tests fail on the unmutated model; fix that first")
