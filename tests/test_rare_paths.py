@@ -137,3 +137,121 @@ def test_mremap_moves_zero_page_mappings(arch: str, preset: str) -> None:
     assert t.read(new + 5 * PAGE) == 0
     with pytest.raises(SegmentationFault):
         t.read(a)
+
+
+# ---- each check fires on the state it exists to catch ------------------------------------------
+# (the model never reaches these states by itself: a test puts it there by hand)
+
+
+def _two_pages(arch: str = "x86") -> tuple[Kernel, Any, int, Any]:
+    from ptesim.kernel.check import Oracle
+
+    k = Kernel(arch, "v6.9")
+    t = k.spawn(0)
+    a = t.mmap(4 * PAGE)
+    oracle = Oracle()
+    for i in range(4):
+        t.write(a + i * PAGE, 10 + i)
+        oracle.write(t, a + i * PAGE, 10 + i)
+    return k, t, a, oracle
+
+
+def test_views_check_reads_through_the_tlb() -> None:
+    """validate_views(): what a task would read goes through its CPU's TLB first -- an entry left
+    pointing at another page is an isolation violation, and one pointing at a freed page a
+    tlb_coherence one, even though the page tables are right."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.kernel.check import validate_views
+
+    k, t, a, oracle = _two_pages()
+    validate_views(oracle, [t])
+    tlb = k.hw.cpus[t.cpu].tlb
+    vpn = a // PAGE
+    tlb.insert(t.mm.asid, vpn, 1, t.translate(a + PAGE), True)  # page 0 -> page 1's frame
+    with pytest.raises(InvariantViolation) as e:
+        validate_views(oracle, [t])
+    assert e.value.check == "isolation"
+    free_pfn = max(k.pages.by_pfn) + 1000
+    assert k.pages.pfn_to_folio(free_pfn) is None
+    tlb.insert(t.mm.asid, vpn, 1, free_pfn, True)
+    with pytest.raises(InvariantViolation) as e:
+        validate_views(oracle, [t])
+    assert e.value.check == "tlb_coherence"
+
+
+def test_freeing_check_looks_at_live_address_spaces() -> None:
+    """validate_freeing(): a folio must not be freed while a CPU still caches it for a live mm
+    (tlb_flush_mmu flushes before it frees); a dead mm's entries do not count."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.kernel.check import validate_freeing
+
+    k, t, a, _ = _two_pages()
+    folio = k.pages.pfn_to_folio(t.translate(a))
+    assert folio is not None
+    with pytest.raises(InvariantViolation) as e:
+        validate_freeing(k, folio)  # the writing CPU's TLB still holds it
+    assert e.value.check == "free_with_tlb"
+    t.mm.dead = True
+    validate_freeing(k, folio)
+
+
+def test_anon_dirty_check_wants_written_private_pages_dirty() -> None:
+    """validate_anon_dirty(): a written private anonymous page whose PTE lost its dirty bit (and
+    that MADV_FREE did not clean) is lost data at reclaim."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.hw.mmu import _store_leaf, walk
+    from ptesim.kernel.check import validate_anon_dirty
+
+    k, t, a, oracle = _two_pages()
+    validate_anon_dirty(oracle, [t])
+    pte, _, _ = walk(k, t.mm, a)
+    assert pte is not None
+    _store_leaf(k, t.mm, a, k.arch.pte_mkclean(pte))
+    with pytest.raises(InvariantViolation) as e:
+        validate_anon_dirty(oracle, [t])
+    assert e.value.check == "anon_dirty"
+
+
+def test_shared_dirty_check_wants_written_shmem_dirty_somewhere() -> None:
+    """validate_shared_dirty(): a written shmem page must be dirty in its folio or in a PTE that
+    maps it, or writeback would lose it."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.hw.mmu import _store_leaf, walk
+    from ptesim.kernel.check import Oracle, validate_shared_dirty
+
+    k = Kernel("x86", "v6.9")
+    t = k.spawn(0)
+    a = t.mmap(PAGE, shared=True)
+    t.write(a, 7)
+    oracle = Oracle()
+    oracle.write(t, a, 7)
+    validate_shared_dirty(k, oracle)
+    pte, pfn, _ = walk(k, t.mm, a)
+    assert pte is not None
+    _store_leaf(k, t.mm, a, k.arch.pte_mkclean(pte))
+    folio = k.pages.pfn_to_folio(pfn)
+    assert folio is not None
+    folio.dirty = False
+    with pytest.raises(InvariantViolation) as e:
+        validate_shared_dirty(k, oracle)
+    assert e.value.check == "shared_dirty"
+
+
+def test_folio_check_counts_pmd_mappings() -> None:
+    """validate_folios(): a PMD-mapped THP's _entire_mapcount is the number of PMDs mapping it."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.kernel.check import validate_folios
+
+    MiB = 1 << 20
+    k = Kernel("x86", "v6.9")
+    k.set_folio_size(2 * MiB)
+    t = k.spawn(0)
+    a = t.mmap(4 * MiB)
+    t.write(a, 1)
+    validate_folios(k)
+    folio = k.pages.pfn_to_folio(t.translate(a))
+    assert folio is not None and folio.entire_mapcount == 1
+    folio.entire_mapcount = 2
+    with pytest.raises(InvariantViolation) as e:
+        validate_folios(k)
+    assert e.value.check == "mapcount"
