@@ -180,6 +180,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["whatif", "--cpus", ""], "cpu list"),
     (["whatif", "--folio", "0"], "0"),
     (["whatif", "--op", "bogus"], "whatif --op"),
+    (["whatif", "--op", "bogus2"], "munmap, mprotect, mremap"),  # the choices, listed
     (["whatif", "--op", "mremap", "--mem", "1M"], "at least 2M"),
     (["whatif", "--arch", "vax"], "vax"),
     (["whatif", "--json", "--csv"], "--csv"),

@@ -412,3 +412,46 @@ def test_per_command_defaults_are_the_documented_ones() -> None:
                 assert (got[0] if opt == "mem" else tuple(got)) == want, (cmd, opt, got)
                 checked += 1
     assert checked >= 8
+
+
+def test_profiles_shows_one_profile_value_by_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ptesim profiles NAME`: the profile's name, and one row per parameter -- its value and its
+    provenance (why, and the physical range of a bounded one) -- under the columns announced."""
+    import csv
+
+    from ptesim.cost.profile import load_profile
+
+    prof = load_profile("altra")
+    rc, text = _run(["profiles", "altra", "--json"])
+    assert rc == 0
+    doc = json.loads(text)
+    assert (doc["name"], doc["arch"], doc["preset"]) == (prof.name, prof.arch, prof.preset)
+    assert {r["parameter"]: r["value"] for r in doc["parameters"]} == prof.parameters()
+    rc, text = _run(["profiles", "altra", "--csv"])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["parameter", "value", "provenance"]
+    assert {r["parameter"]: float(r["value"]) for r in rows} == pytest.approx(prof.parameters())
+    assert all(r["provenance"] for r in rows)
+
+
+def test_whatif_op_heading_cites_the_kernel_change() -> None:
+    """`whatif --op X` text: the heading names the operation, its size and the commit(s) whose
+    batching is priced, so a reader can look the change up."""
+    import re
+
+    rc, text = _run(["whatif", "--op", "mremap", "--mem", "2M", "--arch", "riscv"])
+    assert rc == 0
+    heading = text.strip().splitlines()[0]
+    assert "mremap" in heading and "2M" in heading
+    assert re.search(r"\b[0-9a-f]{12}\b", heading), heading
+
+
+def test_shipped_tables_are_the_published_csvs() -> None:
+    """The published tables shipped in the package (cost/data/published) are what `calibrate
+    --tables` and `validate` use by default: every CSV there, each a readable table."""
+    from ptesim.cost.tables import read_tables, shipped_tables
+
+    here = Path(__file__).parents[1] / "src/ptesim/cost/data/published"
+    paths = shipped_tables()
+    assert [Path(p).name for p in paths] == sorted(p.name for p in here.glob("*.csv"))
+    assert read_tables(paths)

@@ -1218,19 +1218,12 @@ def _profiles(args: argparse.Namespace) -> int:
         emit(args, Tidy(cols, rows, title="cost profiles ('ptesim profiles NAME' shows one)"))
         return 0
     prof = _profile(args.name)
-    ranges: Any = getattr(prof, "ranges", None) or {}
     rows = []
     for key, value in prof.parameters().items():
         row: dict[str, Any] = {"parameter": key, "value": value}
-        if ranges:
-            rng = ranges.get(key)
-            row["low"], row["high"] = (rng[0], rng[1]) if rng else (None, None)
-        row["provenance"] = prof.provenance.get(key, "")
+        row["provenance"] = prof.provenance.get(key, "")  # with the physical range of a bounded value
         rows.append(row)
-    cols = [Column("parameter"), Column("value")]
-    if ranges:
-        cols += [Column("low"), Column("high")]
-    cols.append(Column("provenance"))
+    cols = [Column("parameter"), Column("value"), Column("provenance")]
     title = f"{prof.name} ({prof.arch}, preset {prof.preset or '-'}): {_one_line(prof.description, 200)}"
     if prof.cpu_features:
         title += f"\nCPU features: {', '.join(sorted(prof.cpu_features))}"
