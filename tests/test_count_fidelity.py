@@ -195,6 +195,24 @@ def test_dirty_shmem_zap_flushes_per_pte_table() -> None:
     assert c["mapcount"] == 1024  # the delayed rmaps are still removed, after the flush
 
 
+def test_delayed_rmaps_may_fill_batch_pages_past_the_local_batch() -> None:
+    """mm/mmu_gather.c tlb_next_batch(): with delayed rmaps pending, the gather refuses a new batch
+    page only when the active batch is not the on-stack local one.  Zapping 64 dirty shmem pages
+    overflows the 8-slot local batch into a batch page and flushes once, forced at the end of the
+    PTE table (64 pages > tlb_single_page_flush_ceiling: one full flush), not every time the local
+    batch fills."""
+    k = Kernel("x86", "v6.9", checks=True)
+    k.set_folio_size(4 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(64 * 4 * KiB, shared=True)
+    t.populate(a, 64 * 4 * KiB)
+    k.sink.reset()
+    t.madvise(a, 64 * 4 * KiB, "dontneed")
+    c = totals(k)
+    assert (c["tlbi_asid_local"], c["tlbi_page_local"]) == (1, 0)
+    assert c["mapcount"] == 64
+
+
 def test_clean_shmem_zap_is_not_forced() -> None:
     """Read-only (clean) shared PTEs need no forced flush: one flush at tlb_end_vma."""
     k = Kernel("x86", "v6.9", checks=True)
