@@ -255,3 +255,23 @@ def test_folio_check_counts_pmd_mappings() -> None:
     with pytest.raises(InvariantViolation) as e:
         validate_folios(k)
     assert e.value.check == "mapcount"
+
+
+def test_a_missed_invalidation_is_caught_where_the_gather_flushes() -> None:
+    """The mmu_gather's flush is a flush point (tlb_flush_mmu_tlbonly): right after it, no CPU may
+    still translate the range through an entry whose PTE is gone.  With a broadcast TLBI that
+    misses the last CPU (the hand-written bug ``tlbi-bcast-misses-cpu``) the check names that
+    point, before the freed page could even be reused."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.mutants import mutant
+
+    with mutant("tlbi-bcast-misses-cpu").applied():
+        k = Kernel("arm64", "v6.9", checks=True)
+        t = k.spawn(0)
+        a = t.mmap(16 * PAGE)
+        t.populate(a, 16 * PAGE)
+        t.thread(k.hw.ncpus - 1).read(a)
+        with pytest.raises(InvariantViolation) as e:
+            t.munmap(a, PAGE)
+    assert e.value.check == "tlb_coherence"
+    assert e.value.detail.startswith("after mmu_gather: ")
