@@ -102,6 +102,40 @@ def test_x86_4k_gather_flushes_equal() -> None:
     eng, _ = both(ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=96 * MiB), "exit-child")
     assert isinstance(eng, FastEngine)
     assert eng.stats["linear"] > 10 and eng.stats["recorded"] > 10 and eng.stats["reference"] > 0, eng.stats
+    assert eng.stats["zap_run"] > 10, "tables were zapped with their runs queued whole in the gather"
+
+
+@pytest.mark.parametrize(
+    "arch,preset,folio",
+    [
+        ("x86", "v6.9", 4 * KiB),
+        ("x86", "v6.9", 64 * KiB),
+        ("arm64", "v6.9", 64 * KiB),
+        ("arm64", "v6.17", 4 * KiB),
+        ("riscv", "v6.9", 64 * KiB),
+    ],
+)
+@pytest.mark.parametrize("scenario", ["exit-child", "fork-steady"])
+def test_zap_queues_compact_runs(arch: str, preset: str, folio: int, scenario: str) -> None:
+    """A zap of a linear table over one run queues the run whole in the mmu_gather (released by
+    ``put_run_refs`` at the flush) instead of expanding it: same counts and state as the
+    reference, and the zapped runs stay compact."""
+    eng, _ = both(ModelSpec(arch=arch, preset=preset, folio=folio, mem=8 * MiB), scenario)
+    assert isinstance(eng, FastEngine)
+    assert eng.stats["zap_run"] >= 1, eng.stats
+
+
+def test_exit_keeps_runs_compact_at_size() -> None:
+    """The child exit of a 512 MiB mapping of 4K folios (256 tables, 131072 folios) expands only
+    the runs of the tables where the gather flushes (its batch pages are full: about every 19
+    tables), not every run as an expanding zap would."""
+    spec = ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=512 * MiB)
+    r = run_scenario(spec, "exit-child")
+    eng = r.kernel.fast
+    assert isinstance(eng, FastEngine)
+    tables = spec.mem // r.kernel.arch.geometry.pmd_size
+    assert eng.stats["zap_run"] > tables * 3 // 4, eng.stats
+    assert eng.stats["expanded_runs"] < tables // 8, eng.stats
 
 
 def test_trace_and_check_use_the_reference_engine() -> None:
@@ -262,3 +296,46 @@ def test_compact_state_survives_steady_forks() -> None:
     held = k.pages.pfn_to_folio(next(iter(k.pages.runs)))  # a caller keeps a folio object
     t.fork(1).exit()
     assert held is not None and k.pages.pfn_to_folio(held.pfn) is held
+
+
+def _per_table_ops(spec: ModelSpec) -> tuple[object, ...]:
+    """Populate by faults, then the per-table operations over the whole range: mprotect read-only
+    and back, fork, mprotect in the child, the child's exit, mprotect in the parent after the
+    fork (its folios no longer exclusive), munmap."""
+    from ptesim.workloads.scenarios import map_and_populate
+
+    k = spec.build()
+    t, addr = map_and_populate(k, spec, via="fault")
+    t.mprotect(addr, spec.mem, "r")
+    t.mprotect(addr, spec.mem, "rw")
+    mid = (machine_counts(k), machine_state(k))
+    child = t.fork(1)
+    child.mprotect(addr, spec.mem, "r")
+    child.exit()
+    t.mprotect(addr, spec.mem, "r")
+    t.mprotect(addr, spec.mem, "rw")
+    late = (machine_counts(k), machine_state(k))
+    t.munmap(addr, spec.mem)
+    return mid, late, machine_counts(k), machine_state(k), k
+
+
+@pytest.mark.parametrize(
+    "arch,preset,folio",
+    [
+        ("x86", "v6.9", 4 * KiB),
+        ("x86", "v6.17", 64 * KiB),
+        ("arm64", "v6.9", 64 * KiB),
+        ("arm64", "v6.17", 64 * KiB),
+        ("riscv", "v6.9-svnapot", 64 * KiB),
+    ],
+)
+def test_mprotect_keeps_tables_compact(arch: str, preset: str, folio: int) -> None:
+    """``change_pte_range`` on a linear table over one run replays its record on the descriptors
+    (new bits, one folio change): the same counts and state as the reference at every step."""
+    spec = ModelSpec(arch=arch, preset=preset, folio=folio, mem=8 * MiB)
+    *fast, k = _per_table_ops(spec)
+    *ref, _ = _per_table_ops(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+    assert k.fast is not None
+    # Svnapot entries of a 64K block share one PFN field: those tables are not linear
+    assert (k.fast.stats["change_run"] > 0) == (preset != "v6.9-svnapot"), k.fast.stats

@@ -112,6 +112,16 @@ class Template:
 
 
 @dataclass(slots=True, frozen=True)
+class ZapRun:
+    """A zap record whose effect is the same on every folio of a linear table over one run: each
+    folio queued once with ``nr`` references, the one change every folio got, the entries after."""
+
+    nr: int
+    change: tuple[tuple[str, str, Any], ...]
+    entries_after: tuple[Rel, ...]
+
+
+@dataclass(slots=True, frozen=True)
 class Linear:
     """A record whose effect is the same on every folio of a linear table (see "Compact state"):
     the table bits after it (source and, for a copy, destination), the one change every folio got
@@ -125,6 +135,8 @@ class Linear:
     rss: tuple[tuple[tuple[str, int], ...], ...]
     nr_ptes: tuple[int, ...]
     counts: Counter[tuple[str, str, int]]
+    #: change: the gather fields the record left (as ``Template.gather_after``)
+    gather: tuple[Any, ...] = ()
 
 
 class _Lookup:
@@ -432,6 +444,7 @@ class FastEngine:
         pages = self.kernel.pages
         blocks = self._pending_blocks
         if pages.materialised:
+            self.stats["expanded_runs"] += len(pages.materialised)
             blocks.update(pages.materialised)
             pages.materialised = []
         kept: set[int] = set()
@@ -508,6 +521,8 @@ class FastEngine:
             return self._zap(fn, *args)
         if kind == "populate":
             return self._populate(fn, *args)
+        if kind == "change":
+            return self._change(fn, *args)
         raise ValueError(kind)
 
     def _full_state(self, f: Folio) -> tuple[tuple[str, str, Any], ...]:
@@ -663,7 +678,7 @@ class FastEngine:
         mm.nr_ptes += lt.nr_ptes[0] - 1  # pte_alloc above counted the new table once
         self._owe(self.kernel.sink.counts, lt)
 
-    def _owe(self, counts: Counter[tuple[str, str, int]], lt: Linear) -> None:
+    def _owe(self, counts: Counter[tuple[str, str, int]], lt: Linear | Template) -> None:
         """Add a record's counts to ``counts`` once more: summed up per record and added at the end
         of the operation (:meth:`settle`), since nothing reads the counts before then."""
         owed = self._owed.get(id(lt))
@@ -897,6 +912,14 @@ class FastEngine:
         )
         tpl = self.linear.get(ckey)
         if type(tpl) is Template and len(tpl.folio_changes) == run.count:
+            if tpl.linear is None:
+                tpl.linear = self._derive_zap(tpl, run.count)
+            if type(tpl.linear) is ZapRun:
+                ret = self._zap_run(tpl, tpl.linear, tlb, mm, tab, run, base)
+                if ret is not None:
+                    return ret
+                self.stats["reference"] += 1
+                return fn(tlb, vma, addr, end)
             start, stop, nr = run.pfn, run.end_pfn, 1 << run.order
             pages.materialise(start)
             by_pfn = pages._by_pfn
@@ -912,6 +935,232 @@ class FastEngine:
         if tpl is not None and tpl.replayable:
             self.linear[ckey] = tpl
         return ret
+
+    # ---- change_pte_range (mprotect) ------------------------------------------------------------
+    def _change(self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int) -> Any:
+        """``change_pte_range``: on a linear table over one run, the record of its list form
+        replayed on the descriptors when it left the table linear over the same PFNs and made the
+        same change to every folio; otherwise the per-table memo on the list form."""
+        from ptesim.kernel.pgtable import PteTable
+
+        mm = vma.mm
+        tab = mm.pmd_entry(addr)
+        if not isinstance(tab, PteTable) or vma.file is not None:
+            self.stats["reference"] += 1
+            return fn(tlb, vma, addr, end)
+        base = addr & ~(self._span - 1)
+        hit = self._linear_src(tab)
+        if hit is None:
+            return self._change_table(fn, tlb, vma, addr, end, tab)
+        run, bits = hit
+        ckey = (
+            *self._change_context(tlb, vma, addr, end, base),
+            bits,
+            run.order,
+            self._folio_state(run.proto),
+        )
+        lt = self.linear.get(ckey)
+        if type(lt) is Linear:
+            self.stats["linear"] += 1
+            self.stats["change_run"] += 1
+            if lt.bits_after != bits:
+                u = self._unit
+                tab.linear = (lt.bits_after + run.pfn * u, u, self._n)
+            if lt.change:
+                self._apply_folio_changes(run.proto, lt.change)
+            for n, (how, v) in lt.gather:
+                if how == "rel":
+                    setattr(tlb, n, base + v)
+                else:
+                    _thaw_into(tlb, n, v)
+            self._owe(self.kernel.sink.counts, lt)
+            return None
+        count, order = run.count, run.order
+        self.kernel.pages.materialise(run.pfn)
+        ret = self._change_table(fn, tlb, vma, addr, end, tab)
+        if lt is None:
+            tpl, folios = self._last
+            self.linear[ckey] = self._derive_change(tpl, folios, count, order)
+        self._last = (None, [])
+        return ret
+
+    def _derive_change(
+        self, tpl: Template | None, folios: list[Folio], count: int, order: int
+    ) -> Linear | bool:
+        """The compact form of a change record taken on a linear table over one run."""
+        if tpl is None or not tpl.replayable or len(folios) != count or tpl.counts is None:
+            return False
+        bits = self._linear_bits(tpl.entries_after, 1 << order)
+        ch = tpl.folio_changes
+        if bits is None or any(c != ch[0] for c in ch) or any(v for _, v in tpl.rss[0]) or any(tpl.nr_ptes):
+            return False
+        return Linear(bits, 0, ch[0], order, count, tpl.rss, tpl.nr_ptes, tpl.counts, tpl.gather_after)
+
+    def _change_context(self, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
+        """What a ``change_pte_range`` record depends on besides the table's entries and their
+        folios: the operation and call chain, the CPU, the range within the table, the VMA (its new
+        flags and protection), the mm and the gather's pending flush range."""
+        return (
+            "change",
+            *self._where(addr, end, base),
+            self._vma_key(vma, base),
+            self._mm_key(vma.mm),
+            self._gather_key(tlb, base),
+        )
+
+    def _change_table(
+        self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable
+    ) -> Any:
+        """The per-table memo of ``change_pte_range`` on a table in list form."""
+        self._last = (None, [])
+        mm = vma.mm
+        base = addr & ~(self._span - 1)
+        folios: list[Folio] = []
+        index: dict[int, int] = {}
+        rel = self._relative(tab.entries, folios, index)
+        key = (
+            *self._change_context(tlb, vma, addr, end, base),
+            rel,
+            tuple(self._folio_state(f) for f in folios),
+        )
+        tpl = self.templates.get(key)
+        if tpl is not None:
+            if not tpl.replayable:
+                self.stats["reference"] += 1
+                return fn(tlb, vma, addr, end)
+            self.stats["replayed"] += 1
+            assert tpl.counts is not None
+            if tpl.entries_after != rel:
+                tab.entries[:] = self._absolute(tpl.entries_after, folios)
+            for f, ch in zip(folios, tpl.folio_changes, strict=True):
+                if ch:
+                    self._apply_folio_changes(f, ch)
+            for n, (how, v) in tpl.gather_after:
+                if how == "rel":
+                    setattr(tlb, n, base + v)
+                else:
+                    _thaw_into(tlb, n, v)
+            self.kernel.sink.counts.update(tpl.counts)
+            self._last = (tpl, folios)
+            self._note((tab,), folios)
+            return None
+        self.stats["recorded"] += 1
+        states = key[-1]
+        before = self._fingerprint()
+        mm_before = self._mm_key(mm)
+        rss_before = Counter(mm.rss)
+        nr_before = mm.nr_ptes
+        data_before = [list(f.data) for f in folios]
+        gather_before = dict(vars(tlb))
+        flushes_before = tlb.flushes
+        n_pages = len(tlb.pages)
+        ret, counts = self._recorded(fn, tlb, vma, addr, end)
+        n_folios = len(folios)
+        after = self._relative(tab.entries, folios, index)
+        ok = (
+            ret is None
+            and len(folios) == n_folios
+            and tlb.flushes == flushes_before
+            and len(tlb.pages) == n_pages
+            and self._fingerprint() == before
+            and self._mm_key(mm) == mm_before
+            and mm.pmd_entry(addr) is tab
+            and self._translatable(after, folios)
+            and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
+        )
+        tpl = Template(replayable=False)
+        if ok:
+            tpl = Template(
+                replayable=True,
+                entries_after=after,
+                folio_changes=tuple(
+                    self._folio_changes(b, self._folio_state(f)) for f, b in zip(folios, states, strict=True)
+                ),
+                rss=(_delta(rss_before, mm.rss),),
+                nr_ptes=(mm.nr_ptes - nr_before,),
+                counts=counts,
+                gather_after=self._gather_after(tlb, gather_before, base),
+            )
+        self.templates[key] = tpl
+        self._last = (tpl, folios)
+        self._note((tab,), folios)
+        return ret
+
+    def _derive_zap(self, tpl: Template, count: int) -> ZapRun | bool:
+        """The compact form of a zap record taken on a linear table over one run: every folio got
+        the same change and was queued once with the same ``nr``, in address order, and no entry
+        maps a folio after it (the table was cleared)."""
+        ch = tpl.folio_changes
+        if not tpl.replayable or not tpl.queued or tpl.counts is None or len(ch) != count:
+            return False
+        nr = tpl.queued[0][1]
+        if (
+            tpl.queued != tuple((j, nr) for j in range(count))
+            or any(c != ch[0] for c in ch)
+            or any(type(r) is not int for r in tpl.entries_after)
+        ):
+            return False
+        return ZapRun(nr, ch[0], tpl.entries_after)
+
+    def _queue_run(self, tlb: MmuGather, run: FolioRun, nr: int) -> bool:
+        """Queue every folio of ``run`` (``nr`` references each) as one gather entry, with the
+        batch accounting of as many calls of ``__tlb_remove_folio_pages`` (each takes one slot, two
+        for a range; a batch page left with fewer than two free slots moves the gather on through
+        ``tlb_next_batch``).  False, and the gather untouched, if one of those calls would have
+        asked for a flush: that table runs the reference code."""
+        from ptesim.kernel.mmu_gather import tlb_next_batch
+
+        batches = tlb.batches
+        n_batches = len(batches)
+        nrs = [b.nr for b in batches]
+        active, count = tlb.active, tlb.batch_count
+        slots = 1 if nr == 1 else 2
+        left = run.count
+        while left:
+            b = batches[tlb.active]
+            # entries up to and including the one after which the batch has < 2 free slots
+            fit = max(1, -(-(b.max - 1 - b.nr) // slots))
+            if left < fit:
+                b.nr += left * slots
+                break
+            b.nr += fit * slots
+            left -= fit
+            if not tlb_next_batch(tlb):
+                del batches[n_batches:]
+                for b, v in zip(batches, nrs, strict=True):
+                    b.nr = v
+                tlb.active, tlb.batch_count = active, count
+                return False
+        tlb.pages.append((run, nr))
+        return True
+
+    def _zap_run(
+        self, tpl: Template, z: ZapRun, tlb: MmuGather, mm: MmStruct, tab: PteTable, run: FolioRun, base: int
+    ) -> int | None:
+        """Apply a zap record to a linear table over one run without expanding either: the run is
+        queued whole in the gather (released as one entry at the flush, see
+        ``PageAllocator.put_run_refs``), the one folio change goes to its prototype.  None (and
+        nothing changed) if the gather must flush within the table."""
+        assert tpl.ret is not None and tpl.counts is not None
+        if tlb.free_before_flush or not self._queue_run(tlb, run, z.nr):
+            return None
+        self.stats["linear"] += 1
+        self.stats["zap_run"] += 1
+        tab.linear = None
+        tab.entries = list(z.entries_after)
+        if z.change:
+            self._apply_folio_changes(run.proto, z.change)
+        rss = mm.rss
+        for k, v in tpl.rss[0]:
+            rss[k] += v
+        mm.nr_ptes += tpl.nr_ptes[0]
+        for n, (how, v) in tpl.gather_after:
+            if how == "rel":
+                setattr(tlb, n, base + v)
+            else:
+                _thaw_into(tlb, n, v)
+        self._owe(self.kernel.sink.counts, tpl)
+        return base + tpl.ret
 
     def _zap_context(self, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
         """What a ``zap_pte_range`` record depends on besides the table's entries and their folios:

@@ -249,5 +249,21 @@ class PageAllocator:
         if folio.refcount == 0:
             self.free_folio(folio, mm)
 
+    def put_run_refs(self, run: FolioRun, nr: int, mm: object | None = None) -> None:
+        """``folio_put_refs(folio, nr)`` on every folio of a compact run, in PFN order: the release
+        of a run the fast engine queued in an mmu_gather as one entry (it stands for one queued
+        entry per folio).  While the run is still held compact and none of its folios reaches
+        zero, the one change is made to the run's prototype (one counted atomic per folio, as
+        ``free_pages_and_swap_cache()`` does); otherwise each folio object is released."""
+        proto = run.proto
+        if self.runs.get(run.pfn) is run and proto.refcount > nr:
+            emit("folio_ref", run.count, mm=mm)
+            proto.refcount -= nr
+            return
+        for p in range(run.pfn, run.end_pfn, 1 << run.order):
+            folio = self.pfn_to_folio(p)
+            assert folio is not None
+            self.folio_put_refs(folio, nr, mm)
+
     def folio_put(self, folio: Folio, mm: object | None = None) -> None:
         self.folio_put_refs(folio, 1, mm)

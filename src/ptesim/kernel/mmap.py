@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ptesim.arch.base import Pmdp
 from ptesim.errors import UsageError
 from ptesim.events import emit, kfunc
+from ptesim.fast.memo import memoised_table_op
 from ptesim.kernel.memory import (
     free_pgtables,
     handle_mm_fault,
@@ -285,6 +286,7 @@ def change_protection(tlb: MmuGather, vma: Vma, start: int, end: int) -> None:
         addr = nxt
 
 
+@memoised_table_op("change")
 @kfunc
 def change_pte_range(tlb: MmuGather, vma: Vma, addr: int, end: int) -> None:
     """mm/mprotect.c.  Per PTE (<= v6.16): ptep_modify_prot_start / pte_modify / commit, and a

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ptesim.events import emit, kfunc
-from ptesim.kernel.folio import Folio
+from ptesim.kernel.folio import Folio, FolioRun
 
 if TYPE_CHECKING:
     from ptesim.kernel.mm import MmStruct, Vma
@@ -64,7 +64,8 @@ class MmuGather:
         self.batch_count = 0
         #: tlb->delayed_rmap: some queued entries still hold their rmap (dirty shared folios)
         self.delayed_rmap = False
-        self.pages: list[tuple[Folio, int]] = []
+        #: queued (folio, nr) entries; the fast engine may queue a whole compact run as one entry
+        self.pages: list[tuple[Folio | FolioRun, int]] = []
         self.delayed_rmaps: list[tuple[Folio, int, int]] = []
         self.flushes = 0
         self._reset_range()
@@ -224,7 +225,10 @@ def tlb_batch_pages_flush(tlb: MmuGather) -> None:
     """free_pages_and_swap_cache(): one folio_put_refs per queued entry; back to the local batch."""
     pages = tlb.mm.kernel.pages
     for folio, nr in tlb.pages:
-        pages.folio_put_refs(folio, nr, mm=tlb.mm)
+        if isinstance(folio, Folio):
+            pages.folio_put_refs(folio, nr, mm=tlb.mm)
+        else:  # a compact run of folios the fast engine queued as one entry
+            pages.put_run_refs(folio, nr, mm=tlb.mm)
     tlb.pages.clear()
     for batch in tlb.batches:
         batch.nr = 0
