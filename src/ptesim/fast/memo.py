@@ -1,12 +1,12 @@
 """Memoised execution of the per-table kernel functions (the fast engine).
 
-``copy_pte_range`` (fork) and ``zap_pte_range`` (exit, under a full-mm gather) each work on one PTE
-table.  :class:`FastEngine` computes, before each call, a *key*: the table's entries with every PFN
-replaced by (folio ordinal, page offset), the complete state of every folio those entries map (in
-the order they first appear), and the context the function can read (operation and phase, call
-chain, executing CPU, the VMAs' flags, the mms' pin/dead/cpumask/ASID state, the gather's fields,
-how much of the upper page-table levels exists).  Two tables with equal keys are the same input up
-to a bijection between their folios.
+``copy_pte_range`` (fork), ``zap_pte_range`` (exit, munmap, MADV_DONTNEED) and ``change_pte_range``
+(mprotect) each work on one PTE table. :class:`FastEngine` computes, before each call, a *key*: the
+table's entries with every PFN replaced by (folio ordinal, page offset), the complete state of every
+folio those entries map (in the order they first appear), and the context the function can read
+(operation and phase, call chain, executing CPU, the VMAs' flags, the mms' pin/dead/cpumask/ASID
+state, the gather's fields, how much of the upper page-table levels exists). Two tables with equal
+keys are the same input up to a bijection between their folios.
 
 The first table of each key runs the reference function while the engine records its effects: the
 primitives it emitted (by primitive, phase and call-chain id), the table entries and folio fields
@@ -20,8 +20,9 @@ and one fact about the gather: its batch pages affect a zap only through the ret
 ``__tlb_remove_folio_pages`` (True: flush now), whose counts do not depend on them.  So a zap
 record that did not flush queues its pages on replay through that very function (counts muted:
 the record has them), and if the gather asks for a flush there the replay is undone and the
-table runs the reference code.  Uniform tables
-and their folios are also held in compact form (linear tables, folio runs; see docs/design.md,
+table runs the reference code.  A zap of a linear table over one run queues the run whole (one
+gather entry, released by ``PageAllocator.put_run_refs``).  Uniform tables and their folios are
+also held in compact form (linear tables, folio runs; see docs/design.md,
 "Compact state"), expanded on the first access by anything else.  The
 differential tests (tests/test_fast_engine.py) run every scenario, arch and preset of the test
 matrix and random fuzz programs on both engines and compare counts and final state exactly.
@@ -1326,8 +1327,8 @@ R = TypeVar("R")
 
 def memoised_table_op(kind: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Let the fast engine, when the machine has one, replay recorded runs of this per-table
-    function (``kind`` 'copy': ``copy_pte_range``; 'zap': ``zap_pte_range``; 'populate': the
-    write faults of ``__mm_populate`` over one PMD range)."""
+    function (``kind`` 'copy': ``copy_pte_range``; 'zap': ``zap_pte_range``; 'change':
+    ``change_pte_range``; 'populate': the write faults of ``__mm_populate`` over one PMD range)."""
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
