@@ -166,3 +166,36 @@ def test_the_discrepancy_survives_the_profile_file(tmp_path: object) -> None:
     assert back.fit is not None and back.fit.discrepancy_sd == 0.25 and back.fit.discrepancy_df == 4
     assert back.fit.discrepancy_from == ("altra/a", "apple-m2-vm/b")
     assert dataclasses.replace(back.fit, discrepancy_sd=0.0).discrepancy_sd == 0.0
+
+
+def test_a_machine_with_too_few_tables_pools_the_other_machines_residuals() -> None:
+    """apple-m2-vm-like: two tables, so no nested refit is possible; its held-out table's
+    discrepancy comes from the other machine's leave-one-table-out residuals only (fits that never
+    see this machine's tables), and does not move when that table's values do."""
+    from ptesim.cost.tablefit import cross_validate_machines
+
+    def made(values: dict[str, list[float]] | None = None) -> tuple[list[PubCell], dict[str, CellWork]]:
+        cells, works = _made()
+        apple = load_profile("apple-m2-vm").with_values(TRUTH)
+        for t, ((mc, fr), off) in {"pa": ((900, 40), 0.05), "pb": ((50, 700), -0.03)}.items():
+            for i, scale in enumerate((1, 2), 1):
+                probe = _cell(t, i, 0.0, machine="apple-m2-vm")
+                y = model_log(_work(probe, mc * scale, fr), apple) + off
+                v = values[t][i - 1] if values and t in values else from_log(probe, y)
+                c = _cell(t, i, v, machine="apple-m2-vm")
+                cells.append(c)
+                works[c.id] = _work(c, mc * scale, fr)
+        return cells, works
+
+    def apple_fold(
+        cells: list[PubCell], works: dict[str, CellWork]
+    ) -> tuple[discrepancy.Discrepancy, list[float]]:
+        specs = [(load_profile("altra"), NAMES, ()), (load_profile("apple-m2-vm"), NAMES, ())]
+        cv = cross_validate_machines(specs, cells, works)
+        fold = next(f for f in cv.folds["apple-m2-vm"] if f.table == "pa")
+        return fold.discrepancy, [x for p in fold.predictions for x in (p.predicted, p.lo, p.hi)]
+
+    disc, before = apple_fold(*made())
+    assert disc.pooled and disc.sources and all(s.startswith("altra/") for s in disc.sources)
+    _, after = apple_fold(*made({"pa": [250.0, -40.0]}))
+    assert after == pytest.approx(before, rel=1e-9, abs=1e-9)
