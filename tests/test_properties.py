@@ -63,3 +63,31 @@ def test_a_lone_cpu_sees_no_queueing(work: Work, profile: str) -> None:
 def test_pti_doubles_exactly_the_local_flushes(scenario: str, folio: int, blocks: int) -> None:
     """x86 with PTI: every local invalidation has its user-PCID twin, and nothing else changes."""
     assert pti_doubles_local_flushes(scenario, folio, blocks * (64 << 10)) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([1, 2]),  # asid
+            st.integers(0, 127),  # vpn
+            st.sampled_from([1, 16, 512]),  # span: a page, a contiguous block, a PMD block
+            st.integers(0, 1 << 20),  # pfn
+        ),
+        max_size=40,
+    )
+)
+def test_tlb_translations_answer_as_lookup_does(inserts: list[tuple[int, int, int, int]]) -> None:
+    """Tlb.translations(asid) (what the views check reads) gives, for every page, the PFN that
+    lookup() finds, including where entries of two spans overlap; and nothing lookup misses."""
+    from ptesim.hw.tlb import Tlb
+
+    tlb = Tlb(capacity=16)  # small: eviction happens too
+    for asid, vpn, span, pfn in inserts:
+        tlb.insert(asid, vpn, span, pfn, writable=False)
+    for asid in (1, 2):
+        got = tlb.translations(asid)
+        for vpn in range(0, 1024):
+            hit = tlb.lookup(asid, vpn)
+            want = None if hit is None else hit[1].pfn + (vpn - hit[0][1])
+            assert got.get(vpn) == want, (asid, vpn)

@@ -39,6 +39,20 @@ class Tlb:
                 return key, e
         return None
 
+    def translations(self, asid: int) -> dict[int, int]:
+        """Virtual page number -> PFN of every page ``asid`` can translate, each answered as
+        :meth:`lookup` answers it (where entries of two spans overlap, the same one wins)."""
+        out: dict[int, int] = {}
+        order = list(self.spans)
+        rank = {span: r for r, span in enumerate(order)}
+        mine = sorted(
+            ((k, e) for k, e in self.entries.items() if k[0] == asid), key=lambda ke: -rank[ke[0][2]]
+        )
+        for (_asid, first, span), e in mine:  # lookup's first span is written last
+            for i in range(span):
+                out[first + i] = e.pfn + i
+        return out
+
     def insert(self, asid: int, vpn: int, span: int, pfn_base: int, writable: bool) -> None:
         key = (asid, vpn & ~(span - 1), span)
         if key not in self.entries and len(self.entries) >= self.capacity:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ptesim.kernel.pgtable import PteTable
 
 
+#: what a table walk returns where nothing is present
+_NOT_PRESENT: tuple[None, int, int] = (None, 0, 1)
+
+
 class Census:
     """Every mapping in every live mm, read straight from the page tables in one pass.
 
@@ -39,7 +43,7 @@ class Census:
             arch.pte_write,
         )
         self.kernel = kernel
-        self.pte_maps: Counter[tuple[int, int]] = Counter()  # (folio pfn, page) -> PTE mappings
+        self.pte_maps: dict[tuple[int, int], int] = {}  # (folio pfn, page) -> PTE mappings
         self.pmd_maps: Counter[int] = Counter()  # folio pfn -> PMD mappings
         self.writable: defaultdict[tuple[int, int], list[MmStruct]] = defaultdict(list)
         self.rss: dict[int, Counter[str]] = {}
@@ -48,7 +52,7 @@ class Census:
         self.tables: dict[int, list[PteTable]] = {}
         #: mm id -> (address, entry, pages per leaf, PFN) of every present PTE, then every PMD leaf
         self.leaves: dict[int, list[tuple[int, int, int, int]]] = {}
-        self._pfn_at: dict[int, dict[int, int]] = {}
+        self._walks: dict[int, dict[int, tuple[int, int, int]]] = {}
         pte_maps = self.pte_maps
         folio: Folio | None = None
         kind = MM_ANONPAGES
@@ -80,7 +84,7 @@ class Census:
                         self.folios[folio.pfn] = folio
                         kind = MM_ANONPAGES if folio.anon else MM_SHMEMPAGES
                     key = (folio.pfn, pfn - folio.pfn)
-                    pte_maps[key] += 1
+                    pte_maps[key] = pte_maps.get(key, 0) + 1
                     rss[kind] += 1
                     if pte_write(pte):
                         self.writable[key].append(mm)
@@ -97,17 +101,22 @@ class Census:
                     for i in range(folio.nr_pages):
                         self.writable[(folio.pfn, i)].append(mm)
 
-    def pfn_at(self, mm: MmStruct) -> dict[int, int]:
-        """Virtual page number -> the PFN a table walk of ``mm`` finds there (present leaves)."""
-        m = self._pfn_at.get(mm.id)
+    def walks(self, mm: MmStruct) -> dict[int, tuple[int, int, int]]:
+        """Virtual page number -> what :func:`ptesim.hw.mmu.walk` returns there, for every page
+        a walk of ``mm`` finds present: (leaf entry, PFN, pages a TLB entry filled from it spans)."""
+        m = self._walks.get(mm.id)
         if m is None:
-            shift = self.kernel.arch.page_shift
+            arch = self.kernel.arch
+            shift = arch.page_shift
             m = {}
-            for addr, _entry, span, pfn in self.leaves[mm.id]:
+            for addr, entry, span, pfn in self.leaves[mm.id]:
                 vpn = addr >> shift
-                for i in range(span):
-                    m[vpn + i] = pfn + i
-            self._pfn_at[mm.id] = m
+                if span == 1:
+                    m[vpn] = (entry, pfn, arch.tlb_span(entry))
+                elif arch.pte_present(entry):  # a PMD leaf: one TLB entry of the whole block
+                    for i in range(span):
+                        m[vpn + i] = (entry, pfn + i, span)
+            self._walks[mm.id] = m
         return m
 
     def present_leaves(self, mm: MmStruct) -> list[tuple[int, int, int]]:
@@ -225,9 +234,16 @@ def validate_cont_blocks(kernel: Kernel) -> None:
                         )
 
 
-def validate_tlb(kernel: Kernel, mm: MmStruct | None = None, start: int = 0, end: int = 1 << 64) -> None:
+def validate_tlb(
+    kernel: Kernel,
+    mm: MmStruct | None = None,
+    start: int = 0,
+    end: int = 1 << 64,
+    census: Census | None = None,
+) -> None:
     """No CPU holds, for a live address space, a translation the page tables do not allow: a
-    different page, a freed page, or write permission the PTE does not give."""
+    different page, a freed page, or write permission the PTE does not give.  With a census of
+    the current tables, its walks stand in for table walks."""
     from ptesim.hw.mmu import walk
 
     arch = kernel.arch
@@ -246,9 +262,13 @@ def validate_tlb(kernel: Kernel, mm: MmStruct | None = None, start: int = 0, end
             lo, hi = vpn << page_shift, (vpn + span) << page_shift
             if hi <= start or lo >= end:
                 continue
+            walks = None if census is None else census.walks(m)
             for i in range(span):
                 addr = (vpn + i) << page_shift
-                pte, pfn, now_span = walk(kernel, m, addr)
+                if walks is None:
+                    pte, pfn, now_span = walk(kernel, m, addr)
+                else:
+                    pte, pfn, now_span = walks.get(vpn + i, _NOT_PRESENT)
                 where = f"cpu{cpu.id} caches {addr:#x} of mm{m.id}"
                 if kernel.pages.pfn_to_folio(e.pfn + i) is None:
                     raise InvariantViolation("tlb_coherence", f"{where} -> freed PFN {e.pfn + i:#x}")
@@ -307,7 +327,7 @@ def validate_all(kernel: Kernel, census: Census | None = None) -> None:
     validate_rss(kernel, c)
     validate_cont_blocks(kernel)
     validate_tables(kernel, c)
-    validate_tlb(kernel)
+    validate_tlb(kernel, census=c)
 
 
 class Oracle:
@@ -432,7 +452,8 @@ def validate_views(oracle: Oracle, tasks: list[Task], census: Census | None = No
         shift = kernel.arch.page_shift
         tlb = kernel.hw.cpus[task.cpu].tlb
         private = oracle.private.get(mm.id, {})
-        walked = (census if census is not None and mm.id in census.leaves else Census(kernel)).pfn_at(mm)
+        walked = (census if census is not None and mm.id in census.leaves else Census(kernel)).walks(mm)
+        in_tlb = tlb.translations(mm.asid)
         for vma in mm.vmas:
             for vpn in range(vma.start >> shift, vma.end >> shift):
                 addr = vpn << shift
@@ -440,8 +461,10 @@ def validate_views(oracle: Oracle, tasks: list[Task], census: Census | None = No
                     want = private.get(vpn, 0)
                 else:
                     want = oracle.shared.get((vma.file.id, vma.linear_page_index(addr, shift)), 0)
-                hit = tlb.lookup(mm.asid, vpn)
-                pfn = hit[1].pfn + (vpn - hit[0][1]) if hit is not None else walked.get(vpn)
+                pfn = in_tlb.get(vpn)
+                if pfn is None:
+                    w = walked.get(vpn)
+                    pfn = None if w is None else w[1]
                 if pfn is None:
                     cached = (
                         None if vma.file is None else vma.file.pages.get(vma.linear_page_index(addr, shift))
