@@ -278,14 +278,18 @@ def test_mapping_beyond_memory_is_refused_up_front(
     assert len(err) == 1 and "limit is" in err[0] and "available" in err[0], err
 
 
-def test_compact_engine_limit_reaches_64g(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With 1 GiB available, the fast engine's compact state takes a first fork of 64 GiB of 4K
-    folios (a few hundred bytes per PTE table), where the reference engine is refused at ~1 GiB."""
+@pytest.mark.parametrize(
+    "scenario", ["fork-first", "fork-steady", "exit-child", "munmap", "dontneed", "mprotect"]
+)
+def test_compact_engine_limit_reaches_64g(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 1 GiB available, the fast engine's compact state takes a fork, exit, munmap,
+    MADV_DONTNEED or mprotect of 64 GiB of 4K folios (a few KiB per PTE table), where the
+    reference engine is refused at ~1 GiB."""
     from ptesim.fast import footprint
 
     monkeypatch.setattr(footprint, "available_bytes", lambda: 1 << 30)
-    footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "fork-first", compact=True)
+    footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, scenario, compact=True)
     with pytest.raises(UsageError):
-        footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "fork-first", compact=False)
+        footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, scenario, compact=False)
     with pytest.raises(UsageError):
         footprint.check_fits(64 << 30, 4096, 4096, 2 << 20, "cow-write", compact=True)

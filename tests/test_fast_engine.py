@@ -339,3 +339,37 @@ def test_mprotect_keeps_tables_compact(arch: str, preset: str, folio: int) -> No
     assert k.fast is not None
     # Svnapot entries of a 64K block share one PFN field: those tables are not linear
     assert (k.fast.stats["change_run"] > 0) == (preset != "v6.9-svnapot"), k.fast.stats
+
+
+def _unmap_and_reuse(spec: ModelSpec) -> tuple[object, ...]:
+    """Populate by faults, fork, munmap the first half in the parent (the child still maps it),
+    exit the child (its folios of that half reach zero and are freed), populate a new mapping
+    (from the freed PFNs), munmap the second half."""
+    from ptesim.workloads.scenarios import map_and_populate
+
+    k = spec.build()
+    t, addr = map_and_populate(k, spec, via="fault")
+    c = t.fork(1)
+    t.munmap(addr, spec.mem // 2)
+    c.exit()
+    mid = (machine_counts(k), machine_state(k))
+    ranges = sum(type(x) is range for v in k.pages._free.values() for x in v)
+    t2, _ = map_and_populate(k, spec, via="fault")
+    t.munmap(addr + spec.mem // 2, spec.mem // 2)
+    t2.exit()
+    return ranges, mid, machine_counts(k), machine_state(k), k
+
+
+@pytest.mark.parametrize(
+    "arch,preset,folio", [("x86", "v6.9", 16 * KiB), ("arm64", "v6.9", 64 * KiB), ("riscv", "v6.9", 64 * KiB)]
+)
+def test_freed_runs_stay_compact(arch: str, preset: str, folio: int) -> None:
+    """A run whose folios all reach zero at the gather's flush is freed whole (its PFNs pushed on
+    the free list as one range); allocation then pops them one at a time, exactly as the
+    reference engine's free list of single PFNs."""
+    spec = ModelSpec(arch=arch, preset=preset, folio=folio, mem=12 * MiB)
+    ranges, *fast, k = _unmap_and_reuse(spec)
+    no_ranges, *ref, _ = _unmap_and_reuse(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+    assert ranges > 0 and no_ranges == 0, "a run was freed whole"
+    assert k.fast is not None and k.fast.stats["zap_run"] >= 2, k.fast.stats

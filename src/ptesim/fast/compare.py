@@ -61,9 +61,20 @@ def machine_state(k: Kernel) -> dict[str, Any]:
     return {
         "mms": tuple(mms),
         "folios": folios,
-        "allocator": (k.pages.allocated, k.pages._next_pfn, _plain(k.pages._free)),
+        "allocator": (k.pages.allocated, k.pages._next_pfn, _free_lists(k)),
         "tlbs": tlbs,
     }
+
+
+def _free_lists(k: Kernel) -> tuple[Any, ...]:
+    """The free PFNs of each order in push order (a ``range`` the fast engine pushed at once is
+    its PFNs)."""
+    return tuple(
+        sorted(
+            (order, tuple(p for x in v for p in (x if type(x) is range else (x,))))
+            for order, v in k.pages._free.items()
+        )
+    )
 
 
 def machine_counts(k: Kernel) -> Counter[tuple[str, str, tuple[str, ...]]]:

@@ -8,12 +8,14 @@ PTE tables and counters plus 604 bytes per folio.
 
 The fast engine holds a uniformly populated PTE table as one linear descriptor and the folios it
 maps as one run (:mod:`ptesim.fast.memo`, "Compact state"), so for the scenarios that keep that
-form (populating, a first fork) its memory grows with the number of PTE tables, not pages:
-measured peak RSS of ``explain --arch x86 --folio 4K --scenario fork-first`` is 32 MB at 1G and
-68 MB at 64G, about 1.1 KiB per 2 MiB table (parent and child); 2 KiB are assumed, plus a fixed
-allowance for the tables and runs a record expands at once.  Other scenarios expand every table
-on their own (an exit or munmap zaps each table through its folio objects, COW writes, mprotect,
-mremap) and are estimated as the reference engine.
+form (populating, forks, exits, munmap, MADV_DONTNEED and mprotect of the whole range: a zap
+queues each run whole in the mmu_gather) its memory grows with the number of PTE tables, not
+pages: measured peak RSS of ``explain --arch x86 --folio 4K --scenario fork-first`` is 32 MB at 1G
+and 68 MB at 64G, about 1.1 KiB per 2 MiB table (parent and child); 2 KiB are assumed, plus a
+fixed allowance for the tables and runs a record expands at once, plus for MADV_DONTNEED the
+emptied tables (a list of zero entries each).  Other scenarios expand every table they touch (COW
+writes page by page, MADV_DONTNEED page by page, mremap) and are estimated as the reference
+engine.
 
 A run whose estimate exceeds half of MemAvailable is refused with one line naming the largest
 mapping that would fit, instead of growing until it is killed.
@@ -36,7 +38,19 @@ HEADROOM = 0.5  # of MemAvailable: the interpreter's own overhead and other user
 #: scenarios that allocate a second copy of every page (COW)
 COPYING = ("cow-write",)
 #: scenarios the fast engine runs on compact state from start to end
-COMPACT = ("populate", "fork-first")
+COMPACT = (
+    "populate",
+    "fork-first",
+    "fork-steady",
+    "exit-child",
+    "munmap",
+    "munmap-threads",
+    "dontneed",
+    "mprotect",
+    "mprotect-threads",
+)
+#: compact scenarios that leave every PTE table emptied in list form
+EMPTIED = ("dontneed",)
 
 
 def state_bytes(
@@ -48,7 +62,8 @@ def state_bytes(
     if folio >= pmd:
         est = pages * PER_PAGE_PMD_MAPPED
     elif compact and scenario in COMPACT:
-        return (pages // (pmd // page) + 1) * PER_TABLE_COMPACT + COMPACT_ALLOWANCE
+        per_table = PER_TABLE_COMPACT + (pmd // page * 8 + 64 if scenario in EMPTIED else 0)
+        return (pages // (pmd // page) + 1) * per_table + COMPACT_ALLOWANCE
     else:
         est = pages * PER_PAGE + (pages // max(1, folio // page)) * PER_FOLIO
     if scenario in COPYING:

@@ -118,7 +118,9 @@ class PageAllocator:
     def __init__(self, max_order: int) -> None:
         self.max_order = max_order
         self._next_pfn = 1 << max_order
-        self._free: dict[int, list[int]] = {}
+        #: free PFNs per order, the last freed on top; a ``range`` stands for its PFNs pushed in
+        #: order (the fast engine frees a compact run as one)
+        self._free: dict[int, list[int | range]] = {}
         self._by_pfn: dict[int, Folio] = {}
         self.zero_page = Folio(0, 0)
         self.zero_page.zero_page = True
@@ -203,7 +205,17 @@ class PageAllocator:
         emit("folio_alloc", mm=mm)
         free = self._free.get(order)
         if free:
-            pfn = free.pop()
+            top = free[-1]
+            if type(top) is range:
+                pfn = top[-1]
+                if len(top) > 1:
+                    free[-1] = top[:-1]
+                else:
+                    free.pop()
+            else:
+                last = free.pop()
+                assert type(last) is int
+                pfn = last
         else:
             size = 1 << order
             pfn = (self._next_pfn + size - 1) & ~(size - 1)
@@ -256,10 +268,22 @@ class PageAllocator:
         zero, the one change is made to the run's prototype (one counted atomic per folio, as
         ``free_pages_and_swap_cache()`` does); otherwise each folio object is released."""
         proto = run.proto
-        if self.runs.get(run.pfn) is run and proto.refcount > nr:
-            emit("folio_ref", run.count, mm=mm)
-            proto.refcount -= nr
-            return
+        if self.runs.get(run.pfn) is run:
+            if proto.refcount > nr:
+                emit("folio_ref", run.count, mm=mm)
+                proto.refcount -= nr
+                return
+            if proto.refcount == nr and "free_folio" not in vars(self):
+                # every folio reaches zero: free_folio() of each, the run's PFNs pushed in order
+                emit("folio_ref", run.count, mm=mm)
+                emit("folio_free", run.count, mm=mm)
+                proto.refcount = 0
+                proto.freed = True
+                del self.runs[run.pfn]
+                del self._run_blocks[run.pfn // self.run_span]
+                self._free.setdefault(run.order, []).append(range(run.pfn, run.end_pfn, 1 << run.order))
+                self.allocated -= run.count
+                return
         for p in range(run.pfn, run.end_pfn, 1 << run.order):
             folio = self.pfn_to_folio(p)
             assert folio is not None
