@@ -96,12 +96,12 @@ def test_wis_counts_equal_at_32m() -> None:
 
 def test_x86_4k_gather_flushes_equal() -> None:
     """4K folios fill a gather batch page with every table and flush every ~19 tables (in the
-    middle of a table): a record that moved on to another batch page is keyed by the exact batch
-    state (a bounded number of them: these states do not repeat), and the flushes fall where the
-    reference puts them."""
+    middle of a table): the table where the gather must flush and the rest of it after the flush
+    run the reference code (the rest without a record: where it starts hardly ever recurs), and
+    the flushes fall where the reference puts them."""
     eng, _ = both(ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=96 * MiB), "exit-child")
     assert isinstance(eng, FastEngine)
-    assert eng.stats["linear"] > 10 and eng.stats["recorded"] > 10 and eng.stats["reference"] > 0, eng.stats
+    assert eng.stats["linear"] > 10 and eng.stats["recorded"] > 5 and eng.stats["reference"] >= 4, eng.stats
     assert eng.stats["zap_run"] > 10, "tables were zapped with their runs queued whole in the gather"
 
 

@@ -1182,6 +1182,12 @@ class FastEngine:
         self._last = (None, [])
         mm = vma.mm
         base = addr & ~(self._span - 1)
+        if addr != base and tlb.flushes and not tlb.pages:
+            # the rest of a table after a flush the full gather forced: where it starts depends on
+            # how far the gather's batch pages got, so its key hardly ever recurs; a record kept
+            # for it would only hold memory (two per flush point, thousands at 64G)
+            self.stats["reference"] += 1
+            return fn(tlb, vma, addr, end)
         folios: list[Folio] = []
         index: dict[int, int] = {}
         rel = self._relative(tab.entries, folios, index)
