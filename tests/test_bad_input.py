@@ -13,6 +13,7 @@ from ptesim.cli import main
 from ptesim.errors import UsageError
 
 GOOD_PROFILE = (Path(__file__).parents[1] / "src/ptesim/cost/profiles/altra.toml").read_text()
+SEED_TABLE = str(Path(__file__).parents[1] / "src/ptesim/cost/data/published/altra-seed.csv")
 assert re.search(r"(?m)^pte_write = ", GOOD_PROFILE) and re.search(r"(?m)^pte_read = ", GOOD_PROFILE)
 
 PROFILES = {
@@ -179,6 +180,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["calibrate", "--holdout", "x"], "x"),
     (["whatif", "--cpus", ""], "cpu list"),
     (["whatif", "--folio", "0"], "0"),
+    (["calibrate", "--tables", SEED_TABLE, "--holdout", "seed:bogus=1"], "seed:bogus=1"),
     (["whatif", "--op", "bogus"], "whatif --op"),
     (["whatif", "--op", "bogus2"], "munmap, mprotect, mremap"),  # the choices, listed
     (["whatif", "--op", "mremap", "--mem", "1M"], "at least 2M"),
