@@ -275,3 +275,23 @@ def test_a_missed_invalidation_is_caught_where_the_gather_flushes() -> None:
             t.munmap(a, PAGE)
     assert e.value.check == "tlb_coherence"
     assert e.value.detail.startswith("after mmu_gather: ")
+
+
+def test_arm64_exec_mapping_differs_only_in_user_execute_never() -> None:
+    """arm64 protection_map (asm/pgtable-prot.h): PAGE_READONLY_EXEC is PAGE_READONLY without
+    PTE_UXN -- user code may run from it, the kernel still may not (PTE_PXN)."""
+    from ptesim.arch.arm64.pgtable import PTE_PXN, PTE_UXN
+    from ptesim.hw.mmu import walk
+
+    k = Kernel("arm64", "v6.9", checks=True)
+    t = k.spawn(0)
+    r = t.mmap(PAGE, "r")
+    rx = t.mmap(PAGE, "rx")
+    assert t.read(r) == 0 and t.read(rx) == 0  # both map the zero page
+    pte_r, _, _ = walk(k, t.mm, r)
+    pte_rx, _, _ = walk(k, t.mm, rx)
+    assert pte_r is not None and pte_rx is not None
+    assert pte_r ^ pte_rx == PTE_UXN and pte_r & PTE_UXN
+    assert pte_rx & PTE_PXN
+    with pytest.raises(SegmentationFault):
+        t.write(rx, 1)
