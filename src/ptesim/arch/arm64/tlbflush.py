@@ -61,13 +61,6 @@ class Arm64TlbFlush(Arm64Pgtable):
         else:
             hw.tlbi(kind, broadcast=not local, asid=mm.asid, vpn=vpn, npages=npages, mm=mm, count=twins)
 
-    @kfunc
-    def flush_tlb_all(self) -> None:
-        self.hw.barrier("dsb_ishst")
-        self.hw.tlbi("all", broadcast=True)
-        self.hw.barrier("dsb_ish")
-        self.hw.barrier("isb")
-
     def flush_tlb_user_pre(self, mm: MmStruct) -> bool:
         """DSB ISHST before a user invalidation.  WHAT-IF ``local_tlbi_single_cpu`` (Ryan Roberts'
         RFC, 20250829153510.2401161-3): if the mm has only ever been active on this CPU (the
