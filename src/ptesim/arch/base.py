@@ -250,11 +250,10 @@ class Arch:
         for i in range(nr):
             self.ptep_get_and_clear_full(mm, addr + i * self.page_size, ptep + i, full)
 
-    @kfunc
     def ptep_set_wrprotect(self, mm: MmStruct, addr: int, ptep: Ptep) -> None:
-        """Generic: read, then set_pte_at the write-protected value (not atomic)."""
-        old = ptep_load(ptep)
-        self.set_pte_at(mm, addr, ptep, self.pte_wrprotect(old))
+        """Every modelled arch defines __HAVE_ARCH_PTEP_SET_WRPROTECT (x86: an atomic clear of
+        _PAGE_RW; arm64 and riscv: the contpte layer's), so there is no generic one here."""
+        raise NotImplementedError(f"{type(self).__name__} must define ptep_set_wrprotect")
 
     @kfunc
     def wrprotect_ptes(self, mm: MmStruct, addr: int, ptep: Ptep, nr: int) -> None:
