@@ -295,3 +295,21 @@ def test_arm64_exec_mapping_differs_only_in_user_execute_never() -> None:
     assert pte_rx & PTE_PXN
     with pytest.raises(SegmentationFault):
         t.write(rx, 1)
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
+def test_zap_dirties_only_the_written_shmem_pages(arch: str) -> None:
+    """mm/memory.c zap_present_folio_ptes(): a shmem folio is marked dirty (folio_mark_dirty) from
+    a dirty PTE only.  Sixteen shared pages read and one written: after MADV_DONTNEED the page
+    cache holds exactly one dirty page (on arm64, pte_dirty() is the software PTE_DIRTY or a
+    hardware-dirtied writable entry; a read-only clean entry is neither)."""
+    k = Kernel(arch, "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE, shared=True)
+    for i in range(16):
+        t.read(a + i * PAGE)
+    t.write(a + 5 * PAGE, 5)
+    vma = t.mm.find_vma(a)
+    assert vma is not None and vma.file is not None
+    t.madvise(a, 16 * PAGE, "dontneed")
+    assert sorted(i for i, f in vma.file.pages.items() if f.dirty) == [5]
