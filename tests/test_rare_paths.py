@@ -313,3 +313,20 @@ def test_zap_dirties_only_the_written_shmem_pages(arch: str) -> None:
     assert vma is not None and vma.file is not None
     t.madvise(a, 16 * PAGE, "dontneed")
     assert sorted(i for i, f in vma.file.pages.items() if f.dirty) == [5]
+
+
+def test_x86_mprotect_keeps_the_soft_dirty_bit() -> None:
+    """arch/x86 pte_modify(): _PAGE_CHG_MASK keeps the PFN and the software-tracked bits, among
+    them _PAGE_SOFT_DIRTY (what /proc/PID/pagemap reports as written since the last clear_refs),
+    so mprotect() does not forget that a page was written."""
+    from ptesim.hw.mmu import walk
+
+    k = Kernel("x86", "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(4 * PAGE)
+    t.write(a, 1)
+    soft_dirty = k.arch.SOFT_DIRTY
+    for prot in ("r", "rw"):
+        t.mprotect(a, 4 * PAGE, prot)
+        pte, _, _ = walk(k, t.mm, a)
+        assert pte is not None and pte & soft_dirty, prot
