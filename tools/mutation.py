@@ -532,7 +532,12 @@ while queue or running:
 
 
 def run_mutants(
-    workdir: Path, names: list[str], jobs: int, budget: float | None = None, only: set[str] | None = None
+    workdir: Path,
+    names: list[str],
+    jobs: int,
+    budget: float | None = None,
+    only: set[str] | None = None,
+    complete: set[str] | frozenset[str] = frozenset(),
 ) -> int:
     """Run each mutant's selected tests in a child forked from a process that has imported
     everything once; a mutant no test executes is recorded as "no tests" without running.
@@ -540,7 +545,8 @@ def run_mutants(
     With a ``budget`` (seconds of the coverage run's test time) a mutant runs only its cheapest
     tests up to that budget (at least one); if it survives them it is "survived (capped)", and
     ``--rerun-survivors --budget 0`` runs it again with every test.  With ``only`` (test ids) a
-    mutant runs only those of its tests, and one that reaches none keeps its result."""
+    mutant runs only those of its tests, and one that reaches none keeps its result; a mutant in
+    ``complete`` already survived every other test, so surviving these too is "survived"."""
     selection = select_tests(workdir, names)
     durations: dict[str, float] = json.loads((workdir / "durations.json").read_text())
     todo = []
@@ -568,7 +574,7 @@ def run_mutants(
                 {
                     "mutant": n,
                     "tests": tests,
-                    "all_tests": len(selection[n]),
+                    "all_tests": len(tests) if n in complete else len(selection[n]),
                     "cpu_limit": cpu,
                     "wall_limit": 20 * cpu + 600,  # only for a hang: RLIMIT_CPU is the limit
                 }
@@ -770,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
             chosen = chosen[: next((i for i, n in enumerate(chosen) if n not in res), len(chosen))]
         # survivors, and timeouts too: their limits are worth a second look
         names = [n for n in chosen if n in res and res[n]["status"] != "killed"]
+        if a.new_tests and not a.mutants:
+            # a timeout is a kill by tests other than the new ones: running only the new ones
+            # cannot take it back
+            names = [n for n in names if res[n]["status"] != "timeout"]
         if a.mutants:
             names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in a.mutants)]
         if not a.keep_coverage:  # the workdir as it is: the sources it was sampled from
@@ -781,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         elif not a.keep_coverage:
             coverage_run(workdir, meta["tests"])
         print(f"running the {len(names)} survivors again", flush=True)
-        rc = run_mutants(workdir, names, a.jobs, a.budget, only=new)
+        complete = {n for n in names if res[n]["status"] == "survived"} if new is not None else set()
+        rc = run_mutants(workdir, names, a.jobs, a.budget, only=new, complete=complete)
         text = report(workdir)
         (workdir / "summary.md").write_text(text + "\n")
         print(text)
