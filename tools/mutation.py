@@ -724,7 +724,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--rerun-survivors", action="store_true", help="run the surviving mutants of the last run again"
     )
-    ap.add_argument("--no-diffs", action="store_true", help="--report without the survivors' diffs")
+    ap.add_argument(
+        "--no-diffs",
+        action="store_true",
+        help="--report (and the summary of a run) without the survivors' diffs",
+    )
     ap.add_argument(
         "--budget",
         type=float,
@@ -793,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running the {len(names)} survivors again", flush=True)
         complete = {n for n in names if res[n]["status"] == "survived"} if new is not None else set()
         rc = run_mutants(workdir, names, a.jobs, a.budget, only=new, complete=complete)
-        text = report(workdir)
+        text = report(workdir, diffs=not a.no_diffs)
         (workdir / "summary.md").write_text(text + "\n")
         print(text)
         return rc
@@ -803,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in meta["chosen"] if n not in res]
         print(f"running the {len(names)} chosen mutants that have no result yet", flush=True)
         rc = run_mutants(workdir, names, a.jobs, a.budget)
-        text = report(workdir)
+        text = report(workdir, diffs=not a.no_diffs)
         (workdir / "summary.md").write_text(text + "\n")
         print(text)
         return rc
@@ -836,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir / "run.json").write_text(json.dumps(meta))
     coverage_run(workdir, a.tests)
     rc = run_mutants(workdir, chosen, a.jobs, a.budget)
-    text = report(workdir)
+    text = report(workdir, diffs=not a.no_diffs)
     (workdir / "summary.md").write_text(text + "\n")
     print(text)
     return rc
