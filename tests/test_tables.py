@@ -304,3 +304,30 @@ def test_cell_selectors_name_exactly_the_cells_they_describe() -> None:
     assert others and not any(matches(x, f"{c.table}:folio={c.field('folio')}") for x in others)
     with pytest.raises(UsageError):
         matches(c, f"{c.table}:colour=red")
+
+
+def test_validation_summary_of_times_only() -> None:
+    """cost/validate.py summary(): a group of cells that are all times (no percentage change) has
+    an error in % of the time and none in percentage points, and its interval width as a factor."""
+    import math
+
+    from ptesim.cost.intervals import LogInterval
+    from ptesim.cost.tables import shipped_tables
+    from ptesim.cost.validate import ROLES, CellPrediction, summary
+
+    times = [c for c in read_tables(shipped_tables()) if not c.percent]
+    assert times
+    preds = [
+        CellPrediction(
+            c,
+            c.machine,
+            LogInterval(math.log(1.1 * c.value), math.log(c.value), math.log(1.2 * c.value), True),
+            ROLES[0],
+        )
+        for c in times
+    ]
+    s = summary(preds)[ROLES[0]]
+    assert s["cells"] == len(times)
+    assert s["max_abs_error_pp"] is None and s["median_width_pp"] is None
+    assert s["max_abs_error_seconds_pct"] == pytest.approx(10.0)
+    assert s["median_width_factor"] == pytest.approx(1.2)
