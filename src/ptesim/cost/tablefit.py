@@ -92,8 +92,15 @@ def fit_tables(
     *,
     holdout: Sequence[str] = (),
     command: str = "",
+    start_at_values: bool = True,
 ) -> TableFit:
-    """Fit ``names`` of ``profile`` to the cells of its machine that are not held out."""
+    """Fit ``names`` of ``profile`` to the cells of its machine that are not held out.
+
+    The search starts from the middle and the quartiles of each range and, with ``start_at_values``,
+    from the profile's own values.  A leave-one-table-out refit does not start there: a shipped
+    profile's values were fitted on the held-out table too, and in a direction the other tables do
+    not determine (the seed's contention, without the seed) a start there would carry that table's
+    values into its own prediction."""
     params = profile.parameters()
     keys = [resolve_parameter(n, params) for n in names]
     if not keys:
@@ -129,7 +136,9 @@ def fit_tables(
         return out
 
     x_now = np.clip(np.array([math.log(max(params[k], 1e-6)) for k in keys]), lower, upper)
-    starts = [x_now, (lower + upper) / 2, lower + 0.25 * (upper - lower), lower + 0.75 * (upper - lower)]
+    starts = [(lower + upper) / 2, lower + 0.25 * (upper - lower), lower + 0.75 * (upper - lower)]
+    if start_at_values:
+        starts.insert(0, x_now)
     best = None
     for x0 in starts:
         x0 = np.clip(x0, lower + 1e-9, upper - 1e-9)
@@ -231,7 +240,13 @@ def _run_fold(f: _Fold) -> _FoldOut | None:
     """Refit without ``f.tables`` and predict their cells; None when too few cells are left to fit."""
     try:
         fit = fit_tables(
-            f.profile, f.names, f.cells, f.works, holdout=[*f.holdout, *f.tables], command=f.command
+            f.profile,
+            f.names,
+            f.cells,
+            f.works,
+            holdout=[*f.holdout, *f.tables],
+            command=f.command,
+            start_at_values=False,
         )
     except UsageError:
         return None
