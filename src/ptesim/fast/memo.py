@@ -67,7 +67,7 @@ _GATHER_APART = (
     "flushes",
 )
 #: Runs expanded within one operation before the engine tries to compact them again (memory bound).
-_PENDING_MAX = 256
+_PENDING_MAX = 64
 #: Gather fields that hold addresses (the range to flush).
 _GATHER_RANGE = ("start", "end")
 
@@ -120,6 +120,8 @@ class ZapRun:
     nr: int
     change: tuple[tuple[str, str, Any], ...]
     entries_after: tuple[Rel, ...]
+    #: the one value of every entry after it, if they are all equal (a full table emptied)
+    fill: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -1101,7 +1103,9 @@ class FastEngine:
             or any(type(r) is not int for r in tpl.entries_after)
         ):
             return False
-        return ZapRun(nr, ch[0], tpl.entries_after)
+        after = tpl.entries_after
+        full = len(after) == self._n and all(e == after[0] for e in after)
+        return ZapRun(nr, ch[0], after, after[0] if full else None)
 
     def _queue_run(self, tlb: MmuGather, run: FolioRun, nr: int) -> bool:
         """Queue every folio of ``run`` (``nr`` references each) as one gather entry, with the
@@ -1147,8 +1151,11 @@ class FastEngine:
             return None
         self.stats["linear"] += 1
         self.stats["zap_run"] += 1
-        tab.linear = None
-        tab.entries = list(z.entries_after)
+        if z.fill is not None:  # emptied: no list until something reads it
+            tab.make_linear(z.fill, 0, self._n)
+        else:
+            tab.linear = None
+            tab.entries = list(z.entries_after)
         if z.change:
             self._apply_folio_changes(run.proto, z.change)
         rss = mm.rss

@@ -88,7 +88,8 @@ class PteTable:
     """One PTE table page: ``ptrs_per_pte`` entries, owned by one mm.
 
     The fast engine may hold a table whose entries are ``first + i * step`` (consecutive PFNs, the
-    same bits) as just ``linear = (first, step, n)``, with the ``entries`` slot empty: the first
+    same bits; or, with ``step`` 0, a table a zap emptied) as just ``linear = (first, step, n)``,
+    with the ``entries`` slot empty: the first
     read of ``entries`` builds the list (``__getattr__`` runs only for an empty slot, so a table
     in list form costs nothing extra)."""
 
@@ -105,8 +106,11 @@ class PteTable:
         if lin is None:
             raise AttributeError(name)
         first, step, n = lin
-        self.entries = list(range(first, first + n * step, step))
         self.linear = None
+        if not step:  # n equal entries (an emptied table): nothing to compact again
+            self.entries = [first] * n
+            return self.entries
+        self.entries = list(range(first, first + n * step, step))
         fast = self.mm.kernel.fast
         if fast is not None:
             fast.materialised_tables.append(self)
