@@ -49,22 +49,25 @@ def test_dask_local_cluster_equals_local_run(capsys: pytest.CaptureFixture[str])
 
 
 def test_unreachable_scheduler_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """A scheduler that does not answer: one line, exit 2."""
+    """A scheduler that does not answer: one line, exit 2, after Dask's connect timeout."""
     pytest.importorskip("distributed")
+    import dask
+
     try:
-        rc = main(
-            [
-                "explain",
-                "--arch",
-                "x86",
-                "--folio",
-                "16K,64K",
-                "--mem",
-                "256K",
-                "--scheduler",
-                "tcp://127.0.0.1:9",
-            ]
-        )
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+            rc = main(
+                [
+                    "explain",
+                    "--arch",
+                    "x86",
+                    "--folio",
+                    "16K,64K",
+                    "--mem",
+                    "256K",
+                    "--scheduler",
+                    "tcp://127.0.0.1:9",
+                ]
+            )
     finally:
         parallel.configure(scheduler=None)
     assert rc == 2

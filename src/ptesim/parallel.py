@@ -73,7 +73,8 @@ def _map_dask(fn: Callable[[T], R], items: Sequence[T], address: str, what: str)
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'ptesim[dask]'") from None
     try:
-        client = Client(address, timeout="10s")  # type: ignore[no-untyped-call]
+        # how long to try: Dask's own setting, distributed.comm.timeouts.connect (30 s unless set)
+        client = Client(address)  # type: ignore[no-untyped-call]
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     with client:
