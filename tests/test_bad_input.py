@@ -153,7 +153,7 @@ CORPUS: list[tuple[list[str], str]] = [
     (["reproduce", "seed", "--profile", "/dev/zero"], "/dev/zero"),
     (["reproduce", "seed", "--profile", "{too-big.toml}"], "too-big.toml"),
     (["reproduce", "seed", "--profile", "{huge-number.toml}"], "pte_write"),
-    (["reproduce", "seed", "--profile", "{infinite.toml}"], "pte_write"),
+    (["reproduce", "seed", "--profile", "{infinite.toml}"], ": local_ns.pte_write = inf"),  # the key as written
     (["reproduce", "seed", "--profile", "{nan.toml}"], "pte_read"),
     (["wis", "--preset", "v6.9", "--profile", "{huge-number.toml}"], "pte_write"),
     (["wis", "--preset", "v6.9", "--cpus", "1-1000000000"], "1-1000000000"),
