@@ -28,6 +28,7 @@ PROFILES = {
     "huge-number.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = " + "9" * 400, GOOD_PROFILE, count=1),
     "infinite.toml": re.sub(r"(?m)^pte_write = .*$", "pte_write = inf", GOOD_PROFILE, count=1),
     "nan.toml": re.sub(r"(?m)^pte_read = .*$", "pte_read = nan", GOOD_PROFILE, count=1),
+    "infinite-covariance.toml": GOOD_PROFILE.replace("covariance = [\n  [0.0,", "covariance = [\n  [inf,", 1),
     "too-big.toml": GOOD_PROFILE + "#" * (1 << 20),
     "name-not-text.toml": re.sub(r'(?m)^name = "altra"$', "name = 7", GOOD_PROFILE, count=1),
     "unknown-bound-key.toml": GOOD_PROFILE.replace(
@@ -35,7 +36,11 @@ PROFILES = {
     ),
     "no-pct-column.csv": "cpus,fork_change\n1,5.0\n",
 }
-assert 'name = "altra"' in GOOD_PROFILE and '"local_ns.pte_read" = {lo = 0.333333,' in GOOD_PROFILE
+assert (
+    "covariance = [\n  [0.0," in GOOD_PROFILE
+    and 'name = "altra"' in GOOD_PROFILE
+    and '"local_ns.pte_read" = {lo = 0.333333,' in GOOD_PROFILE
+)
 
 #: saved fuzz programs for --replay, each broken in one field
 _STEP = '{"op": "mmap", "region": 0, "off": 0, "pages": 4, "shared": false}'
@@ -153,8 +158,12 @@ CORPUS: list[tuple[list[str], str]] = [
     (["reproduce", "seed", "--profile", "/dev/zero"], "/dev/zero"),
     (["reproduce", "seed", "--profile", "{too-big.toml}"], "too-big.toml"),
     (["reproduce", "seed", "--profile", "{huge-number.toml}"], "pte_write"),
-    (["reproduce", "seed", "--profile", "{infinite.toml}"], ": local_ns.pte_write = inf"),  # the key as written
+    (
+        ["reproduce", "seed", "--profile", "{infinite.toml}"],
+        ": local_ns.pte_write = inf",
+    ),  # the key as written
     (["reproduce", "seed", "--profile", "{nan.toml}"], "pte_read"),
+    (["reproduce", "seed", "--profile", "{infinite-covariance.toml}"], "fit.covariance[0][0]"),  # in a list
     (["wis", "--preset", "v6.9", "--profile", "{huge-number.toml}"], "pte_write"),
     (["wis", "--preset", "v6.9", "--cpus", "1-1000000000"], "1-1000000000"),
     (["wis", "--preset", "v6.9", "--mem", "1T"], "--mem"),
