@@ -92,6 +92,16 @@ def _thaw_into(obj: Any, name: str, frozen: Any) -> None:
         setattr(obj, name, frozen)
 
 
+def _restore_gather(tlb: MmuGather, gather_after: tuple[Any, ...], base: int) -> None:
+    """Set the gather's fields a record changed to what they were after it (a field recorded
+    relative to the table base is moved to this table's)."""
+    for n, (how, v) in gather_after:
+        if how == "rel":
+            setattr(tlb, n, base + v)
+        else:
+            _thaw_into(tlb, n, v)
+
+
 @dataclass(slots=True)
 class Template:
     """The recorded effect of one reference run on one table."""
@@ -110,6 +120,16 @@ class Template:
     new_offsets: tuple[int, ...] = ()  # populate: PFN of each new folio from the first one
     #: populate: the record in compact form (:class:`Linear`), False if it has none, None: not derived
     linear: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class _Recorded:
+    """A counted reference run on one table: what it returned, the gather's flush count before
+    it, and its record (None if the run changed something a table-local record cannot replay)."""
+
+    ret: Any
+    flushes_before: int
+    template: Template | None
 
 
 @dataclass(slots=True, frozen=True)
@@ -907,12 +927,7 @@ class FastEngine:
         # a linear table over one run: the key without reading the entries (the record is the
         # one its list form gets, the run's folios in address order being its folio ordinals)
         run, bits = hit
-        ckey = (
-            *self._zap_context(tlb, vma, addr, end, base),
-            bits,
-            run.order,
-            self._folio_state(run.proto),
-        )
+        ckey = (*self._gather_context("zap", tlb, vma, addr, end, base), *self._run_key(run, bits))
         tpl = self.linear.get(ckey)
         if type(tpl) is Template and len(tpl.folio_changes) == run.count:
             if tpl.linear is None:
@@ -956,12 +971,7 @@ class FastEngine:
         if hit is None:
             return self._change_table(fn, tlb, vma, addr, end, tab)
         run, bits = hit
-        ckey = (
-            *self._change_context(tlb, vma, addr, end, base),
-            bits,
-            run.order,
-            self._folio_state(run.proto),
-        )
+        ckey = (*self._gather_context("change", tlb, vma, addr, end, base), *self._run_key(run, bits))
         lt = self.linear.get(ckey)
         if type(lt) is Linear:
             self.stats["linear"] += 1
@@ -971,11 +981,7 @@ class FastEngine:
                 tab.linear = (lt.bits_after + run.pfn * u, u, self._n)
             if lt.change:
                 self._apply_folio_changes(run.proto, lt.change)
-            for n, (how, v) in lt.gather:
-                if how == "rel":
-                    setattr(tlb, n, base + v)
-                else:
-                    _thaw_into(tlb, n, v)
+            _restore_gather(tlb, lt.gather, base)
             self._owe(self.kernel.sink.counts, lt)
             return None
         count, order = run.count, run.order
@@ -999,12 +1005,75 @@ class FastEngine:
             return False
         return Linear(bits, 0, ch[0], order, count, tpl.rss, tpl.nr_ptes, tpl.counts, tpl.gather_after)
 
-    def _change_context(self, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
-        """What a ``change_pte_range`` record depends on besides the table's entries and their
-        folios: the operation and call chain, the CPU, the range within the table, the VMA (its new
-        flags and protection), the mm and the gather's pending flush range."""
+    def _record_gathered(
+        self,
+        fn: Callable[..., Any],
+        tlb: MmuGather,
+        vma: Vma,
+        addr: int,
+        end: int,
+        tab: PteTable,
+        folios: list[Folio],
+        index: dict[int, int],
+        states: tuple[Any, ...],
+    ) -> _Recorded:
+        """Run ``fn(tlb, vma, addr, end)`` on one table under a gather, counted, and make its
+        record if the run changed nothing a table-local record cannot replay: no gather flush,
+        no state outside the table, its folios and the mm (the template the zap and mprotect
+        memos share; each adds its own conditions)."""
+        mm = vma.mm
+        base = addr & ~(self._span - 1)
+        before = self._fingerprint()
+        mm_before = self._mm_key(mm)
+        rss_before = Counter(mm.rss)
+        nr_before = mm.nr_ptes
+        data_before = [list(f.data) for f in folios]
+        gather_before = dict(vars(tlb))
+        flushes_before = tlb.flushes
+        ret, counts = self._recorded(fn, tlb, vma, addr, end)
+        n_folios = len(folios)
+        after = self._relative(tab.entries, folios, index)
+        ok = (
+            len(folios) == n_folios
+            and tlb.flushes == flushes_before
+            and self._fingerprint() == before
+            and self._mm_key(mm) == mm_before
+            and mm.pmd_entry(addr) is tab
+            and self._translatable(after, folios)
+            and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
+        )
+        if not ok:
+            return _Recorded(ret, flushes_before, None)
+        return _Recorded(
+            ret,
+            flushes_before,
+            Template(
+                replayable=True,
+                entries_after=after,
+                folio_changes=tuple(
+                    self._folio_changes(b, self._folio_state(f)) for f, b in zip(folios, states, strict=True)
+                ),
+                rss=(_delta(rss_before, mm.rss),),
+                nr_ptes=(mm.nr_ptes - nr_before,),
+                counts=counts,
+                gather_after=self._gather_after(tlb, gather_before, base),
+            ),
+        )
+
+    def _run_key(self, run: FolioRun, bits: int) -> tuple[Any, ...]:
+        """The part of a linear table's record key its list form keys by entries and folio
+        states: the entries' bits, the run's folio order and the state of its folios."""
+        return (bits, run.order, self._folio_state(run.proto))
+
+    def _gather_context(
+        self, op: str, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int
+    ) -> tuple[Any, ...]:
+        """What a ``zap_pte_range`` (``op`` "zap") or ``change_pte_range`` ("change") record
+        depends on besides the table's entries and their folios: the operation and call chain, the
+        CPU, the range within the table, the VMA (for a change, its new flags and protection), the
+        mm and the state of the mmu_gather (its batch pages and pending flush range)."""
         return (
-            "change",
+            op,
             *self._where(addr, end, base),
             self._vma_key(vma, base),
             self._mm_key(vma.mm),
@@ -1016,13 +1085,12 @@ class FastEngine:
     ) -> Any:
         """The per-table memo of ``change_pte_range`` on a table in list form."""
         self._last = (None, [])
-        mm = vma.mm
         base = addr & ~(self._span - 1)
         folios: list[Folio] = []
         index: dict[int, int] = {}
         rel = self._relative(tab.entries, folios, index)
         key = (
-            *self._change_context(tlb, vma, addr, end, base),
+            *self._gather_context("change", tlb, vma, addr, end, base),
             rel,
             tuple(self._folio_state(f) for f in folios),
         )
@@ -1038,52 +1106,18 @@ class FastEngine:
             for f, ch in zip(folios, tpl.folio_changes, strict=True):
                 if ch:
                     self._apply_folio_changes(f, ch)
-            for n, (how, v) in tpl.gather_after:
-                if how == "rel":
-                    setattr(tlb, n, base + v)
-                else:
-                    _thaw_into(tlb, n, v)
+            _restore_gather(tlb, tpl.gather_after, base)
             self.kernel.sink.counts.update(tpl.counts)
             self._last = (tpl, folios)
             self._note((tab,), folios)
             return None
         self.stats["recorded"] += 1
-        states = key[-1]
-        before = self._fingerprint()
-        mm_before = self._mm_key(mm)
-        rss_before = Counter(mm.rss)
-        nr_before = mm.nr_ptes
-        data_before = [list(f.data) for f in folios]
-        gather_before = dict(vars(tlb))
-        flushes_before = tlb.flushes
         n_pages = len(tlb.pages)
-        ret, counts = self._recorded(fn, tlb, vma, addr, end)
-        n_folios = len(folios)
-        after = self._relative(tab.entries, folios, index)
-        ok = (
-            ret is None
-            and len(folios) == n_folios
-            and tlb.flushes == flushes_before
-            and len(tlb.pages) == n_pages
-            and self._fingerprint() == before
-            and self._mm_key(mm) == mm_before
-            and mm.pmd_entry(addr) is tab
-            and self._translatable(after, folios)
-            and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
-        )
+        rec = self._record_gathered(fn, tlb, vma, addr, end, tab, folios, index, key[-1])
         tpl = Template(replayable=False)
-        if ok:
-            tpl = Template(
-                replayable=True,
-                entries_after=after,
-                folio_changes=tuple(
-                    self._folio_changes(b, self._folio_state(f)) for f, b in zip(folios, states, strict=True)
-                ),
-                rss=(_delta(rss_before, mm.rss),),
-                nr_ptes=(mm.nr_ptes - nr_before,),
-                counts=counts,
-                gather_after=self._gather_after(tlb, gather_before, base),
-            )
+        if rec.ret is None and len(tlb.pages) == n_pages and rec.template is not None:
+            tpl = rec.template
+        ret = rec.ret
         self.templates[key] = tpl
         self._last = (tpl, folios)
         self._note((tab,), folios)
@@ -1162,25 +1196,9 @@ class FastEngine:
         for k, v in tpl.rss[0]:
             rss[k] += v
         mm.nr_ptes += tpl.nr_ptes[0]
-        for n, (how, v) in tpl.gather_after:
-            if how == "rel":
-                setattr(tlb, n, base + v)
-            else:
-                _thaw_into(tlb, n, v)
+        _restore_gather(tlb, tpl.gather_after, base)
         self._owe(self.kernel.sink.counts, tpl)
         return base + tpl.ret
-
-    def _zap_context(self, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int) -> tuple[Any, ...]:
-        """What a ``zap_pte_range`` record depends on besides the table's entries and their folios:
-        the operation and call chain, the CPU, the range within the table, the VMA, the mm and the
-        state of the mmu_gather (its batch pages and pending flush range)."""
-        return (
-            "zap",
-            *self._where(addr, end, base),
-            self._vma_key(vma, base),
-            self._mm_key(vma.mm),
-            self._gather_key(tlb, base),
-        )
 
     def _zap_table(
         self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable
@@ -1199,7 +1217,7 @@ class FastEngine:
         index: dict[int, int] = {}
         rel = self._relative(tab.entries, folios, index)
         key = (
-            *self._zap_context(tlb, vma, addr, end, base),
+            *self._gather_context("zap", tlb, vma, addr, end, base),
             rel,
             tuple(self._folio_state(f) for f in folios),
         )
@@ -1213,49 +1231,23 @@ class FastEngine:
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
         self.stats["recorded"] += 1
-        states = key[-1]
-        before = self._fingerprint()
-        mm_before = self._mm_key(mm)
-        rss_before = Counter(mm.rss)
-        nr_before = mm.nr_ptes
-        data_before = [list(f.data) for f in folios]
-        gather_before = dict(vars(tlb))
         queued_before = list(tlb.pages)
-        flushes_before = tlb.flushes
-        ret, counts = self._recorded(fn, tlb, vma, addr, end)
-        n_folios = len(folios)
-        after = self._relative(tab.entries, folios, index)
+        rec = self._record_gathered(fn, tlb, vma, addr, end, tab, folios, index, key[-1])
+        ret = rec.ret
         appended = tlb.pages[len(queued_before) :]
-        ok = (
-            ret == end
-            and len(folios) == n_folios
-            and tlb.flushes == flushes_before
+        tpl = Template(replayable=False)
+        if (
+            rec.template is not None
+            and ret == end
             and tlb.pages[: len(queued_before)] == queued_before
             and not tlb.delayed_rmap
             and not tlb.free_before_flush
             and all(id(f) in index for f, _ in appended)
-            and self._fingerprint() == before
-            and self._mm_key(mm) == mm_before
-            and mm.pmd_entry(addr) is tab
-            and self._translatable(after, folios)
-            and all(list(f.data) == d for f, d in zip(folios, data_before, strict=True))
-        )
-        tpl = Template(replayable=False)
-        if ok:
-            tpl = Template(
-                replayable=True,
-                entries_after=after,
-                folio_changes=tuple(
-                    self._folio_changes(b, self._folio_state(f)) for f, b in zip(folios, states, strict=True)
-                ),
-                rss=(_delta(rss_before, mm.rss),),
-                nr_ptes=(mm.nr_ptes - nr_before,),
-                counts=counts,
-                ret=ret - base,
-                queued=tuple((index[id(f)], nr) for f, nr in appended),
-                gather_after=self._gather_after(tlb, gather_before, base),
-            )
-        if ok or tlb.flushes == flushes_before:
+        ):
+            tpl = rec.template
+            tpl.ret = ret - base
+            tpl.queued = tuple((index[id(f)], nr) for f, nr in appended)
+        if tpl.replayable or tlb.flushes == rec.flushes_before:
             self.templates[key] = tpl
         # else: the gather flushed during this table (its batch pages were full); the next table
         # of this kind, from another point of the gather, is recorded afresh
@@ -1315,11 +1307,7 @@ class FastEngine:
                 self._apply_folio_changes(f, ch)
         mm.rss.update(dict(tpl.rss[0]))
         mm.nr_ptes += tpl.nr_ptes[0]
-        for n, (how, v) in tpl.gather_after:
-            if how == "rel":
-                setattr(tlb, n, base + v)
-            else:
-                _thaw_into(tlb, n, v)
+        _restore_gather(tlb, tpl.gather_after, base)
         self.kernel.sink.counts.update(tpl.counts)
         return base + tpl.ret
 
