@@ -1060,6 +1060,22 @@ class FastEngine:
             ),
         )
 
+    def _table_key(
+        self, op: str, tlb: MmuGather, vma: Vma, addr: int, end: int, base: int, tab: PteTable
+    ) -> tuple[tuple[Any, ...], list[Folio], dict[int, int], tuple[Rel, ...]]:
+        """A zap or change record's key for a table in list form: the context, the entries
+        relative to their folios and those folios' states; with the folios (in ordinal order),
+        their index by id and the relative entries."""
+        folios: list[Folio] = []
+        index: dict[int, int] = {}
+        rel = self._relative(tab.entries, folios, index)
+        key = (
+            *self._gather_context(op, tlb, vma, addr, end, base),
+            rel,
+            tuple(self._folio_state(f) for f in folios),
+        )
+        return key, folios, index, rel
+
     def _run_key(self, run: FolioRun, bits: int) -> tuple[Any, ...]:
         """The part of a linear table's record key its list form keys by entries and folio
         states: the entries' bits, the run's folio order and the state of its folios."""
@@ -1086,14 +1102,7 @@ class FastEngine:
         """The per-table memo of ``change_pte_range`` on a table in list form."""
         self._last = (None, [])
         base = addr & ~(self._span - 1)
-        folios: list[Folio] = []
-        index: dict[int, int] = {}
-        rel = self._relative(tab.entries, folios, index)
-        key = (
-            *self._gather_context("change", tlb, vma, addr, end, base),
-            rel,
-            tuple(self._folio_state(f) for f in folios),
-        )
+        key, folios, index, rel = self._table_key("change", tlb, vma, addr, end, base, tab)
         tpl = self.templates.get(key)
         if tpl is not None:
             if not tpl.replayable:
@@ -1213,14 +1222,7 @@ class FastEngine:
             # for it would only hold memory (two per flush point, thousands at 64G)
             self.stats["reference"] += 1
             return fn(tlb, vma, addr, end)
-        folios: list[Folio] = []
-        index: dict[int, int] = {}
-        rel = self._relative(tab.entries, folios, index)
-        key = (
-            *self._gather_context("zap", tlb, vma, addr, end, base),
-            rel,
-            tuple(self._folio_state(f) for f in folios),
-        )
+        key, folios, index, rel = self._table_key("zap", tlb, vma, addr, end, base, tab)
         tpl = self.templates.get(key)
         if tpl is not None:
             if tpl.replayable:
