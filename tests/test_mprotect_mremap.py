@@ -189,3 +189,36 @@ def test_riscv_2026_whatif_still_converts_in_mprotect() -> None:
         counts("riscv", "v7.0-svnapot", "mprotect")["tlbi_page_local"]
         > 4 * counts("riscv", "v6.17", "mprotect")["tlbi_page_local"]
     )
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_prot_none_faults_every_access_and_keeps_the_pages(arch: str) -> None:
+    """mprotect(PROT_NONE): every load or store is a SIGSEGV (access_error: a read needs some
+    access to the VMA), yet the pages stay mapped (pte_present(): x86 _PAGE_PROTNONE, arm64
+    PTE_PROT_NONE, riscv _PAGE_PROT_NONE, none of them valid to the hardware), are copied by fork,
+    and read back their data once the protection returns."""
+    k = Kernel(arch, "v6.9", checks=True)
+    k.set_folio_size(64 * KiB)
+    t = k.spawn(0)
+    a = t.mmap(256 * KiB)
+    t.populate(a, 256 * KiB, 7)
+    rss = dict(t.mm.rss)
+    t.mprotect(a, 64 * KiB, "")
+    for access in (lambda: t.read(a), lambda: t.write(a + 4 * KiB, 1)):
+        with pytest.raises(SegmentationFault):
+            access()
+    assert t.read(a + 64 * KiB) == 7  # the rest of the mapping is untouched
+    assert dict(t.mm.rss) == rss
+    ptep = t.mm.pte_offset(a)
+    assert ptep is not None
+    pte = ptep.peek()
+    assert k.arch.pte_present(pte) and k.arch.hw_access(pte, False) is None
+    c = t.fork(1)
+    with pytest.raises(SegmentationFault):
+        c.read(a)
+    t.mprotect(a, 64 * KiB, "rw")
+    assert t.read(a) == 7
+    t.write(a, 8)
+    c.mprotect(a, 64 * KiB, "r")
+    assert c.read(a) == 7  # COW kept the child's copy
+    c.exit()

@@ -181,8 +181,9 @@ class Arch:
     # ---- hardware walker ------------------------------------------------------------------------
     def hw_access(self, pte: int, write: bool) -> int | None:
         """What the MMU does on a walk: None if the access faults, else the entry with the
-        access (and, for writes, dirty) bits the hardware sets."""
-        if not self.pte_present(pte) or not pte & self.USER:
+        access (and, for writes, dirty) bits the hardware sets.  The hardware's own valid bit
+        decides (pte_valid), not pte_present(): a PROT_NONE entry is present to the kernel only."""
+        if not self.pte_valid(pte) or not pte & self.USER:
             return None
         if write and not self.pte_write(pte):
             return None

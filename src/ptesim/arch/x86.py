@@ -35,6 +35,8 @@ class X86(Arch):
     UFFD_WP = 1 << 10  # _PAGE_BIT_SOFTW2
     SOFT_DIRTY = 1 << 11  # _PAGE_BIT_SOFTW3
     NOEXEC = 1 << 63  # _PAGE_BIT_NX
+    #: _PAGE_BIT_PROTNONE: the global bit, never set in a user PTE otherwise
+    PROTNONE = 1 << 8
     #: invlpgb_count_max = (CPUID 0x80000008 EDX[15:0]) + 1: pages one INVLPGB may cover.  Machine
     #: dependent; 8 is ASSUMED (the model has no CPUID to read).
     INVLPGB_COUNT_MAX = 8
@@ -42,6 +44,18 @@ class X86(Arch):
     PFN_BITS = 40
 
     # ---- overrides of the generic API ---------------------------------------------------------
+    def pte_present(self, pte: int) -> bool:
+        """pte_present() (arch/x86/include/asm/pgtable.h): a PROT_NONE entry is present to the
+        kernel (it maps its page, for rmap and fork) though the hardware faults on it."""
+        return bool(pte & (self.PRESENT | self.PROTNONE))
+
+    def vm_get_page_prot(self, read: bool, write: bool, exec_: bool, shared: bool) -> int:
+        """protection_map[] (arch/x86/mm/pgprot.c): PROT_NONE is PAGE_NONE = _PAGE_PROTNONE |
+        _PAGE_ACCESSED, without _PAGE_PRESENT, so every access faults."""
+        if not (read or write or exec_):
+            return self.PROTNONE | self.YOUNG
+        return super().vm_get_page_prot(read, write, exec_, shared)
+
     @kfunc
     def ptep_set_wrprotect(self, mm: MmStruct, addr: int, ptep: Ptep) -> None:
         """arch/x86/include/asm/pgtable.h (v6.6+, the user shadow-stack series, whatever the CPU):

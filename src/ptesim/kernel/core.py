@@ -288,10 +288,17 @@ class Task:
 
     # ---- memory accesses ---------------------------------------------------------------------------
     def _vma(self, addr: int, write: bool):  # type: ignore[no-untyped-def]
-        from ptesim.kernel.mm import VM_WRITE
+        """The VMA a user fault at ``addr`` may be handled in, else SIGSEGV: access_error()
+        (arch/x86/mm/fault.c) and do_page_fault()'s vm_flags test (arch/arm64/mm/fault.c,
+        arch/riscv/mm/fault.c): a write needs VM_WRITE, a read any access (vma_is_accessible)."""
+        from ptesim.kernel.mm import VM_EXEC, VM_READ, VM_WRITE
 
         vma = self.mm.find_vma(addr)
-        if vma is None or (write and not vma.flags & VM_WRITE):
+        if (
+            vma is None
+            or (write and not vma.flags & VM_WRITE)
+            or not vma.flags & (VM_READ | VM_WRITE | VM_EXEC)
+        ):
             raise SegmentationFault(f"{'write' if write else 'read'} at {addr:#x} in mm{self.mm.id}")
         return vma
 
