@@ -77,11 +77,12 @@ def test_pmd_aligned_mremap_moves_a_pmd_mapped_thp_whole() -> None:
         t.read(a)
 
 
-@pytest.mark.parametrize("arch", ["arm64", "riscv"])
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
 def test_the_mmu_faults_on_a_prot_none_entry(arch: str) -> None:
     """mprotect(PROT_NONE) keeps the pages (pte_present() is still true for the kernel: PAGE_NONE
-    on arm64 is PTE_PRESENT_INVALID with PTE_VALID clear, on riscv _PAGE_PROT_NONE without
-    _PAGE_PRESENT) but the hardware walker must fault on every access to them."""
+    on x86 is _PAGE_PROTNONE without _PAGE_PRESENT, on arm64 PTE_PRESENT_INVALID with PTE_VALID
+    clear, on riscv _PAGE_PROT_NONE without _PAGE_PRESENT) but the hardware walker must fault on
+    every access to them."""
     from ptesim.hw.mmu import walk
 
     k = Kernel(arch, "v6.9", checks=True)
