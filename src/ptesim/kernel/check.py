@@ -90,16 +90,16 @@ class Census:
                         self.writable[key].append(mm)
             for addr, pmd in mm.pmd_leaves():
                 pfn = pte_pfn(pmd)
-                folio = pfn_to_folio(pfn)
-                if folio is None:
+                huge = pfn_to_folio(pfn)  # not ``folio``: that one goes with ``kind``
+                if huge is None:
                     raise InvariantViolation("mapped_free_page", f"PMD {addr:#x} of mm{mm.id} maps freed PFN")
                 leaves.append((addr, pmd, 1 << g.pmd_order, pfn))
-                self.folios[folio.pfn] = folio
-                self.pmd_maps[folio.pfn] += 1
-                rss[MM_ANONPAGES] += folio.nr_pages
+                self.folios[huge.pfn] = huge
+                self.pmd_maps[huge.pfn] += 1
+                rss[MM_ANONPAGES] += huge.nr_pages
                 if pte_write(pmd):
-                    for i in range(folio.nr_pages):
-                        self.writable[(folio.pfn, i)].append(mm)
+                    for i in range(huge.nr_pages):
+                        self.writable[(huge.pfn, i)].append(mm)
 
     def walks(self, mm: MmStruct) -> dict[int, tuple[int, int, int]]:
         """Virtual page number -> what :func:`ptesim.hw.mmu.walk` returns there, for every page
