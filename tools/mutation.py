@@ -61,6 +61,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kernel", "arch", "cost")
@@ -585,15 +586,14 @@ def run_mutants(
     return subprocess.run(cmd, cwd=workdir / "mutants", env=env(workdir)).returncode
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log, oldest first (none if it does not exist yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def results(workdir: Path) -> dict[str, dict[str, object]]:
     """The last recorded result of each mutant."""
-    out: dict[str, dict[str, object]] = {}
-    path = workdir / "results.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            out[rec["mutant"]] = rec
-    return out
+    return {rec["mutant"]: rec for rec in _records(workdir / "results.jsonl")}
 
 
 # --- the score --------------------------------------------------------------------------------
@@ -622,11 +622,8 @@ def module_of(name: str) -> str:
 def kills(workdir: Path) -> dict[str, dict[str, str]]:
     """The logged first failure of each killed mutant."""
     out: dict[str, dict[str, str]] = {}
-    log = workdir / "kills.jsonl"
-    if log.exists():
-        for line in log.read_text().splitlines():
-            rec = json.loads(line)
-            out.setdefault(rec["mutant"], rec)
+    for rec in _records(workdir / "kills.jsonl"):
+        out.setdefault(rec["mutant"], rec)
     return out
 
 
