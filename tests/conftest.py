@@ -8,11 +8,11 @@ huge page settings through sysfs.  They are opt-in: plain ``pytest`` skips them 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import pytest
 
-import fuzz_campaigns
 from ptesim.host.sysfs import THP_ROOT, ThpSysfs
 from ptesim.kernel.core import Kernel
 
@@ -38,11 +38,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     budget = [i for i in items if i.get_closest_marker("fuzz_budget") is not None]
     if budget and not config.option.collectonly and "PYTEST_XDIST_WORKER" not in os.environ:
         items[:] = [i for i in items if i.get_closest_marker("fuzz_budget") is None] + budget
+        import fuzz_campaigns  # only a session that runs the budget pays for importing the fuzzer
+
         fuzz_campaigns.start_in_background()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    fuzz_campaigns.stop_background()
+    budget = sys.modules.get("fuzz_campaigns")
+    if budget is not None:
+        budget.stop_background()
 
 
 @pytest.fixture(autouse=True)
