@@ -10,8 +10,10 @@ alone.  The parent reads the child's peak RSS from ``wait4``.  Figures only: no 
 
 Operations: populate, fork-first, fork-steady (fork after a first child exited), fork-exit (one
 will-it-scale iteration: fork and the child's exit), exit-child, munmap, dontneed (MADV_DONTNEED
-of the whole range), mprotect (read-only and back).  COW write sweeps are not among them: every
-write fault still runs the reference code (see docs/design.md, "Compact state").
+of the whole range), mprotect (read-only and back), mremap (move the whole range to just past its
+end, by one 64K or contiguous block, as the ``mremap`` scenario does: every PTE is moved).  COW
+write sweeps are not among them: every write fault still runs the reference code (see
+docs/design.md, "Compact state").
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ import subprocess
 import sys
 import time
 
-OPS = ("populate", "fork-first", "fork-steady", "fork-exit", "exit-child", "munmap", "dontneed", "mprotect")
+OPS = (
+    "populate",
+    "fork-first",
+    "fork-steady",
+    "fork-exit",
+    "exit-child",
+    "munmap",
+    "dontneed",
+    "mprotect",
+    "mremap",
+)
 
 
 def child(op: str, arch: str, preset: str, mem: int, folio: int, engine: str) -> None:
     """Run one operation in this process and print its timings as JSON."""
-    from ptesim.workloads.scenarios import ModelSpec, map_and_populate
+    from ptesim.workloads.scenarios import ModelSpec, map_and_populate, mremap_offset
 
     spec = ModelSpec(arch=arch, preset=preset, mem=mem, folio=folio, engine=engine)
     # refused up front, as the scenario of the same name would be, if it cannot fit
@@ -59,6 +71,8 @@ def child(op: str, arch: str, preset: str, mem: int, folio: int, engine: str) ->
         elif op == "mprotect":
             task.mprotect(addr, mem, "r")
             task.mprotect(addr, mem, "rw")
+        elif op == "mremap":
+            task.mremap(addr, mem, addr + mem + mremap_offset(k))
         else:
             raise SystemExit(f"unknown op {op!r}; one of {', '.join(OPS)}")
         setup, dt = t2 - t0, time.perf_counter() - t2

@@ -373,3 +373,76 @@ def test_freed_runs_stay_compact(arch: str, preset: str, folio: int) -> None:
     assert fast == ref
     assert ranges > 0 and no_ranges == 0, "a run was freed whole"
     assert k.fast is not None and k.fast.stats["zap_run"] >= 2, k.fast.stats
+
+
+# ---- mremap: move_ptes on descriptors ---------------------------------------------------------
+
+MREMAP_CASES = [
+    ("x86", "v6.9", 4 * KiB, "pmd"),
+    ("x86", "v6.17", 64 * KiB, "pmd"),
+    ("arm64", "v6.9", 4 * KiB, "pmd"),
+    ("arm64", "v6.9", 64 * KiB, "pmd"),
+    ("arm64", "v6.17", 64 * KiB, "pmd"),
+    ("arm64", "v6.19", 4 * KiB, "pmd"),
+    ("riscv", "v6.9", 64 * KiB, "pmd"),
+    ("riscv", "v7.0-svnapot", 4 * KiB, "pmd"),
+    ("x86", "v6.9", 2 * MiB, "pte"),
+    ("arm64", "v6.17", 2 * MiB, "pte"),
+]
+
+
+@pytest.mark.parametrize("arch,preset,folio,mapping", MREMAP_CASES)
+def test_mremap_moves_descriptors(arch: str, preset: str, folio: int, mapping: str) -> None:
+    """Nine tables populated by faults, moved by one 64K (contiguous) block: each source table's
+    entries land in two destination tables.  After the first extent of each kind, ``move_ptes``
+    replays on the descriptors (a window of a table, a table linear across two runs) and the
+    emptied source tables are zapped on theirs: counts and final state equal the reference."""
+    spec = ModelSpec(arch=arch, preset=preset, folio=folio, mem=18 * MiB, mapping=mapping)
+    eng, _ = both(spec, "mremap")
+    assert isinstance(eng, FastEngine)
+    assert eng.stats["move_run"] >= 8 and eng.stats["zap_empty"] >= 4, eng.stats
+
+
+def test_mremap_with_tlb_entries() -> None:
+    """Populated by user stores, the TLB holds the range: an extent whose flush could drop entries
+    runs the reference code (x86: the first one's full flush empties the TLB, the rest replay)."""
+    for arch in ("x86", "arm64"):
+        eng, _ = both(ModelSpec(arch=arch, preset="v6.9", folio=4 * KiB, mem=12 * MiB), "mremap")
+        assert isinstance(eng, FastEngine)
+        assert eng.stats["reference"] >= 1, eng.stats
+        assert (eng.stats["move_run"] > 0) == (arch == "x86"), eng.stats
+
+
+def _mremap_program(spec: ModelSpec) -> tuple[object, ...]:
+    """Populate by faults, mremap by one block, then use the moved range (whose tables are
+    windows or linear across two runs): fork, COW in the child, the child's exit, mremap back,
+    munmap half, exit."""
+    from ptesim.workloads.scenarios import map_and_populate, mremap_offset
+
+    k = spec.build()
+    t, addr = map_and_populate(k, spec, via="fault")
+    page = k.arch.page_size
+    new = addr + spec.mem + mremap_offset(k)
+    t.mremap(addr, spec.mem, new)
+    mid = (machine_counts(k), machine_state(k))
+    c = t.fork(1)
+    c.write(new + 5 * page, 3)
+    reads = [c.read(new + 5 * page), t.read(new + 5 * page), c.read(new + spec.mem - page)]
+    c.exit()
+    t.mremap(new, spec.mem, addr)
+    t.munmap(addr, spec.mem // 2)
+    late = (machine_counts(k), machine_state(k))
+    t.exit()
+    return reads, mid, late, machine_counts(k), machine_state(k), k
+
+
+@pytest.mark.parametrize(
+    "arch,preset,folio",
+    [("x86", "v6.9", 4 * KiB), ("arm64", "v6.17", 64 * KiB), ("riscv", "v6.9", 16 * KiB)],
+)
+def test_mremap_then_use_the_moved_range(arch: str, preset: str, folio: int) -> None:
+    spec = ModelSpec(arch=arch, preset=preset, folio=folio, mem=8 * MiB)
+    *fast, k = _mremap_program(spec)
+    *ref, _ = _mremap_program(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+    assert k.fast is not None and k.fast.stats["move_run"] > 0, k.fast.stats

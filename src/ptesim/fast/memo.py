@@ -162,6 +162,33 @@ class Linear:
     gather: tuple[Any, ...] = ()
 
 
+#: A table as a compact move reads it: (fill, lo, hi, pfn, bits): entries ``lo <= i < hi`` are
+#: ``bits + (pfn + i - lo) * unit`` (consecutive PFNs, the same bits), every other one ``fill``
+Desc = tuple[int, int, int, int, int]
+
+
+@dataclass(slots=True, frozen=True)
+class MoveRecord:
+    """A ``move_ptes`` record replayable on descriptors: each table's form after it (``(fill, lo,
+    hi)`` if it maps nothing, else ``(fill, lo, hi, bits, PFN of entry lo - the source's first
+    moved-from PFN before)``) and its counts.  It changed no folio, counter, allocator or TLB."""
+
+    src_after: tuple[int, ...]
+    dst_after: tuple[int, ...]
+    counts: Counter[tuple[str, str, int]]
+
+
+@dataclass(slots=True, frozen=True)
+class EmptyZap:
+    """A ``zap_pte_range`` record of a table holding only one non-present value: it queued nothing
+    and changed no entry, folio or counter; where it stopped (relative to the table) and the
+    gather fields it left."""
+
+    ret: int
+    gather: tuple[Any, ...]
+    counts: Counter[tuple[str, str, int]]
+
+
 class _Lookup:
     """``page_folio.get`` that materialises a compact run on the way."""
 
@@ -212,6 +239,8 @@ class FastEngine:
         self._n = g.ptrs_per_pte
         #: records by compact key: a copy's compact form (False: it has none), a zap's record
         self.linear: dict[Key, Linear | Template | bool] = {}
+        #: move_ptes records and zaps of emptied tables, by compact key (False: none replayable)
+        self.window_records: dict[Key, MoveRecord | EmptyZap | bool] = {}
         #: tables turned back into lists, and tables/PFN blocks a reference run left in object form:
         #: candidates for :meth:`compact_pending`
         self.materialised_tables: list[PteTable] = []
@@ -481,7 +510,7 @@ class FastEngine:
                 self._compact_table(t)
 
     def _compact_table(self, t: PteTable) -> bool:
-        if t.linear is not None or t.mm.dead:
+        if t.linear is not None or t.window is not None or t.mm.dead:
             return False
         ents = t.entries
         e0 = ents[0]
@@ -546,6 +575,8 @@ class FastEngine:
             return self._populate(fn, *args)
         if kind == "change":
             return self._change(fn, *args)
+        if kind == "move":
+            return self._move(fn, *args)
         raise ValueError(kind)
 
     def _full_state(self, f: Folio) -> tuple[tuple[str, str, Any], ...]:
@@ -701,7 +732,9 @@ class FastEngine:
         mm.nr_ptes += lt.nr_ptes[0] - 1  # pte_alloc above counted the new table once
         self._owe(self.kernel.sink.counts, lt)
 
-    def _owe(self, counts: Counter[tuple[str, str, int]], lt: Linear | Template) -> None:
+    def _owe(
+        self, counts: Counter[tuple[str, str, int]], lt: Linear | Template | MoveRecord | EmptyZap
+    ) -> None:
         """Add a record's counts to ``counts`` once more: summed up per record and added at the end
         of the operation (:meth:`settle`), since nothing reads the counts before then."""
         owed = self._owed.get(id(lt))
@@ -921,6 +954,9 @@ class FastEngine:
         pages = self.kernel.pages
         if len(pages.materialised) + len(self._pending_blocks) > _PENDING_MAX:
             self.compact_pending(final=False)
+        lin = tab.linear
+        if lin is not None and not lin[1] and lin[2] == self._n and not self._present(lin[0]):
+            return self._zap_empty(fn, tlb, vma, addr, end, tab, lin[0])
         hit = self._linear_src(tab)
         if hit is None:
             return self._zap_table(fn, tlb, vma, addr, end, tab)
@@ -1313,6 +1349,301 @@ class FastEngine:
         self.kernel.sink.counts.update(tpl.counts)
         return base + tpl.ret
 
+    # ---- move_ptes (mremap) on descriptors -------------------------------------------------------
+    def _present(self, e: int) -> bool:
+        bit = self._inline[0]
+        return bool(e) and bool(e & bit if bit else self.kernel.arch.pte_present(e))
+
+    def _desc(self, tab: PteTable) -> Desc | None:
+        """``tab`` in the form a compact move reads (see :data:`Desc`; lo == hi: it maps nothing,
+        pfn and bits 0), or None.  A table in list form is read only if nothing else holds its
+        list (it is replaced by a descriptor)."""
+        u, n = self._unit, self._n
+        lin = tab.linear
+        if lin is not None:
+            first, step, cnt = lin
+            if cnt != n:
+                return None
+            if step == 0:
+                return None if self._present(first) else (first, 0, 0, 0, 0)
+            if step != u:
+                return None
+            pfn = self._pfn(first)
+            return (0, 0, n, pfn, first - pfn * u)
+        win = tab.window
+        if win is not None:
+            fill, lo, hi, first, step, cnt = win
+            if step != u or cnt != n:
+                return None
+            e = first + lo * u
+            pfn = self._pfn(e)
+            return (fill, lo, hi, pfn, e - pfn * u)
+        ents = tab.entries
+        if sys.getrefcount(ents) > 3:  # the table's slot, the local name, getrefcount's argument
+            return None
+        return self._desc_of_list(ents)
+
+    def _desc_of_list(self, ents: list[int]) -> Desc | None:
+        """The :data:`Desc` of a table's entries, if they have that form."""
+        n, u = len(ents), self._unit
+        e0 = ents[0]
+        if ents.count(e0) == n:
+            if not self._present(e0):
+                return (e0, 0, 0, 0, 0)
+            return None
+        present = [i for i, e in enumerate(ents) if self._present(e)]
+        lo, hi = present[0], present[-1] + 1
+        fill = ents[0] if lo else ents[-1]
+        first = ents[lo]
+        if (
+            len(present) != hi - lo
+            or ents[lo:hi] != list(range(first, first + (hi - lo) * u, u))
+            or self._pfn(ents[hi - 1]) != self._pfn(first) + hi - lo - 1
+            or ents[:lo].count(fill) != lo
+            or ents[hi:].count(fill) != n - hi
+            or (hi - lo < n and self._present(fill))
+        ):
+            return None
+        pfn = self._pfn(first)
+        return (fill if hi - lo < n else 0, lo, hi, pfn, first - pfn * u)
+
+    def _set_desc(self, tab: PteTable, rel: tuple[int, ...], base_pfn: int) -> None:
+        """Give ``tab`` the form a :class:`MoveRecord` left (relative to ``base_pfn``)."""
+        n, u = self._n, self._unit
+        if len(rel) == 3:
+            tab.make_linear(rel[0], 0, n)
+            return
+        fill, lo, hi, bits, dpfn = rel
+        first = bits + (base_pfn + dpfn - lo) * u
+        if lo == 0 and hi == n:
+            tab.make_linear(first, u, n)
+        else:
+            tab.make_window(fill, lo, hi, first, u, n)
+
+    def _run_part(self, pfn: int, count: int, base: int) -> tuple[Any, ...] | None:
+        """The compact run holding PFNs ``[pfn, pfn + count)``, relative to PFN ``base``: its bounds,
+        order and folio state (None if no one run holds them)."""
+        run = self.kernel.pages.run_at(pfn)
+        if run is None or pfn + count > run.end_pfn:
+            return None
+        return (run.pfn - base, run.end_pfn - base, run.order, self._folio_state(run.proto)[:-1])
+
+    def _mm_move_key(self, mm: MmStruct) -> Key:
+        """The mm state a flush inside the recorded function can read or change."""
+        return (*self._mm_key(mm), mm.global_asid, frozenset(mm.asid_transition), mm.users)
+
+    def _move_key(
+        self, vma: Vma, old_addr: int, old_end: int, new_vma: Vma, new_addr: int, s: Desc, d: Desc
+    ) -> Key | None:
+        """A ``move_ptes`` key from the two tables' descriptors: the call's context (operation, call
+        chain, CPU, the range in the source table and where it lands in the destination, both VMAs,
+        the mm), each table's form and the run of folios each maps (PFNs relative to the first one
+        the source maps: equal keys are the same input moved by a multiple of the PMD alignment)."""
+        fill_s, lo_s, hi_s, pfn_s, bits_s = s
+        if lo_s == hi_s:
+            return None
+        run_s = self._run_part(pfn_s, hi_s - lo_s, pfn_s)
+        if run_s is None:
+            return None
+        fill_d, lo_d, hi_d, pfn_d, bits_d = d
+        dst: tuple[Any, ...] = (fill_d,)
+        if lo_d != hi_d:
+            run_d = self._run_part(pfn_d, hi_d - lo_d, pfn_s)
+            if run_d is None:
+                return None
+            dst = (fill_d, lo_d, hi_d, bits_d, pfn_d - pfn_s, run_d)
+        span = self._span
+        sbase, dbase = old_addr & ~(span - 1), new_addr & ~(span - 1)
+        return (
+            "move",
+            *self._where(old_addr, old_end, sbase),
+            new_addr - dbase,
+            self._vma_key(vma, sbase),
+            self._vma_key(new_vma, dbase),
+            self._mm_move_key(vma.mm),
+            (fill_s, lo_s, hi_s, bits_s, pfn_s % self._align, run_s),
+            dst,
+        )
+
+    def _move(
+        self, fn: Callable[..., Any], vma: Vma, old_addr: int, old_end: int, new_vma: Vma, new_addr: int
+    ) -> Any:
+        """``move_ptes`` on compact tables: a source table linear over (a window of) one run and a
+        destination that maps nothing or a window over one run.  The first extent of each key runs
+        the reference code; if it changed nothing but the two tables (no folio, counter, TLB entry
+        or allocation) and left both in descriptor form, later extents of that key replay as two new
+        descriptors and the counts.  Anything else runs the reference code; with a TLB holding
+        entries the flush could drop, too (the key does not see them)."""
+        from ptesim.kernel.pgtable import PteTable
+
+        args = (vma, old_addr, old_end, new_vma, new_addr)
+        mm = vma.mm
+        stab, dtab = mm.pmd_entry(old_addr), mm.pmd_entry(new_addr)
+        if (
+            not isinstance(stab, PteTable)
+            or not isinstance(dtab, PteTable)
+            or stab is dtab
+            or vma.file is not None
+            or any(c.tlb.entries for c in self.kernel.hw.cpus)
+        ):
+            self.stats["reference"] += 1
+            return fn(*args)
+        s, d = self._desc(stab), self._desc(dtab)
+        if s is not None and s[1] == 0 and s[2] == self._n and self.kernel.pages.run_at(s[3]) is None:
+            # a full table over folio objects (say, PTE-mapped THPs just split): compact them first
+            self._compact_run(s[3])
+        key = None if s is None or d is None else self._move_key(*args, s, d)
+        if key is None:
+            self.stats["reference"] += 1
+            ret = fn(*args)
+            self._move_settle(stab, dtab)
+            return ret
+        assert s is not None and d is not None
+        rec = self.window_records.get(key)
+        if type(rec) is MoveRecord:
+            self.stats["linear"] += 1
+            self.stats["move_run"] += 1
+            self._set_desc(stab, rec.src_after, s[3])
+            self._set_desc(dtab, rec.dst_after, s[3])
+            self._owe(self.kernel.sink.counts, rec)
+            return None
+        if rec is not None:
+            self.stats["reference"] += 1
+            ret = fn(*args)
+            self._move_settle(stab, dtab)
+            return ret
+        self.stats["recorded"] += 1
+        ret, made = self._move_record(fn, args, stab, dtab, s, d)
+        self.window_records[key] = made if made is not None else False
+        return ret
+
+    def _move_record(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], stab: PteTable, dtab: PteTable, s: Desc, d: Desc
+    ) -> tuple[Any, MoveRecord | None]:
+        """Run ``move_ptes`` counted and make its record if it changed nothing but the two tables'
+        entries and left both in descriptor form."""
+        vma, old_addr, _, _, new_addr = args
+        mm = vma.mm
+        pages = self.kernel.pages
+        runs = [pages.run_at(s[3])]
+        if d[1] != d[2]:
+            runs.append(pages.run_at(d[3]))
+        saved = [(r, self._folio_state(r.proto)[:-1], list(r.proto.data)) for r in runs if r is not None]
+        before = self._fingerprint()
+        mm_before = self._mm_move_key(mm)
+        rss_before = Counter(mm.rss)
+        nr_before = mm.nr_ptes
+        ret, counts = self._recorded(fn, *args)
+        ok = (
+            ret is None
+            and self._fingerprint() == before
+            and self._mm_move_key(mm) == mm_before
+            and mm.rss == rss_before
+            and mm.nr_ptes == nr_before
+            and mm.pmd_entry(old_addr) is stab
+            and mm.pmd_entry(new_addr) is dtab
+            and all(self._run_unchanged(r, st, data) for r, st, data in saved)
+        )
+        s_after = self._desc(stab) if ok else None
+        d_after = self._desc(dtab) if ok else None
+        self._move_settle(stab, dtab)
+        if s_after is None or d_after is None:
+            return ret, None
+        rels: list[tuple[int, ...]] = []
+        for fill, lo, hi, pfn, bits in (s_after, d_after):
+            if lo == hi:
+                rels.append((fill, lo, hi))
+                continue
+            # the encoding must move each entry's PFN with its folio
+            step = self._align * self._unit
+            pte_pfn = self.kernel.arch.pte_pfn
+            u = self._unit
+            for e in (bits + pfn * u, bits + (pfn + hi - lo - 1) * u):
+                if pte_pfn(e + step) != pte_pfn(e) + self._align:
+                    return ret, None
+            rels.append((fill, lo, hi, bits, pfn - s[3]))
+        return ret, MoveRecord(rels[0], rels[1], counts)
+
+    def _run_unchanged(self, run: FolioRun, state: tuple[Any, ...], data: list[int]) -> bool:
+        """Whether every folio of ``run`` (still compact, or expanded by the recorded run) is still
+        allocated in the state and with the contents it had."""
+        pages = self.kernel.pages
+        if pages.runs.get(run.pfn) is run:
+            return self._folio_state(run.proto)[:-1] == state and run.proto.data == data
+        by_pfn = pages._by_pfn
+        for p in range(run.pfn, run.end_pfn, 1 << run.order):
+            f = by_pfn.get(p)
+            if f is None or f.order != run.order or self._folio_state(f)[:-1] != state or f.data != data:
+                return False
+        return True
+
+    def _move_settle(self, stab: PteTable, dtab: PteTable) -> None:
+        """After a reference run: give the runs it expanded their compact form again and the two
+        tables a descriptor, so that the next extents can be moved on descriptors."""
+        pages = self.kernel.pages
+        if pages.materialised:
+            self.stats["expanded_runs"] += len(pages.materialised)
+            for b in pages.materialised:
+                if not self._compact_run(b):
+                    self._pending_blocks.add(b)
+            pages.materialised = []
+        n, u = self._n, self._unit
+        for tab in (stab, dtab):
+            if tab.linear is not None or tab.window is not None:
+                continue
+            d = self._desc(tab)
+            if d is None:
+                continue
+            fill, lo, hi, pfn, bits = d
+            if lo == hi:
+                tab.make_linear(fill, 0, n)
+            elif lo == 0 and hi == n:
+                tab.make_linear(bits + pfn * u, u, n)
+            else:
+                tab.make_window(fill, lo, hi, bits + (pfn - lo) * u, u, n)
+
+    def _zap_empty(
+        self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable, fill: int
+    ) -> Any:
+        """``zap_pte_range`` of a table held as ``n`` equal non-present entries (one an mremap moved
+        everything out of, or a zap emptied): the list-form memo records it once; a record that
+        queued nothing and changed no entry or counter replays on the descriptor."""
+        base = addr & ~(self._span - 1)
+        key = ("zap-empty", *self._gather_context("zap", tlb, vma, addr, end, base), fill)
+        rec = self.window_records.get(key)
+        if type(rec) is EmptyZap:
+            self.stats["linear"] += 1
+            self.stats["zap_empty"] += 1
+            _restore_gather(tlb, rec.gather, base)
+            self._owe(self.kernel.sink.counts, rec)
+            return base + rec.ret
+        mm = vma.mm
+        rss_before, nr_before = Counter(mm.rss), mm.nr_ptes
+        n_pages = len(tlb.pages)
+        ret = self._zap_table(fn, tlb, vma, addr, end, tab)
+        tpl, _ = self._last
+        self._last = (None, [])
+        if rec is None and tpl is not None:  # None: the rest of a table after a flush, not recorded
+            made: EmptyZap | bool = False
+            if (
+                tpl.replayable
+                and tpl.counts is not None
+                and tpl.ret is not None
+                and not tpl.queued
+                and not tpl.folio_changes
+                and len(tlb.pages) == n_pages
+                and mm.rss == rss_before
+                and mm.nr_ptes == nr_before
+                and all(e == fill for e in tpl.entries_after)
+            ):
+                made = EmptyZap(tpl.ret, tpl.gather_after, tpl.counts)
+            self.window_records[key] = made
+        if tab.linear is None and tab.window is None and mm.pmd_entry(addr) is tab:
+            ents = tab.entries
+            if ents.count(fill) == self._n and sys.getrefcount(ents) <= 3:
+                tab.make_linear(fill, 0, self._n)
+        return ret
+
 
 def _delta(before: Counter[str], after: Counter[str]) -> tuple[tuple[str, int], ...]:
     keys = sorted(set(before) | set(after))
@@ -1331,12 +1662,13 @@ R = TypeVar("R")
 def memoised_table_op(kind: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Let the fast engine, when the machine has one, replay recorded runs of this per-table
     function (``kind`` 'copy': ``copy_pte_range``; 'zap': ``zap_pte_range``; 'change':
-    ``change_pte_range``; 'populate': the write faults of ``__mm_populate`` over one PMD range)."""
+    ``change_pte_range``; 'populate': the write faults of ``__mm_populate`` over one PMD range;
+    'move': ``move_ptes``, one extent of mremap's ``move_page_tables``)."""
 
     def deco(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            vma: Any = args[0 if kind == "populate" else 1]
+            vma: Any = args[0 if kind in ("populate", "move") else 1]
             eng = vma.mm.kernel.fast
             if eng is None or kwargs:
                 return fn(*args, **kwargs)

@@ -530,6 +530,7 @@ def move_huge_pmd(vma: Vma, old_addr: int, new_addr: int) -> None:
     arch.flush_pmd_tlb_range(vma, old_addr, old_addr + g.pmd_size)
 
 
+@memoised_table_op("move")
 @kfunc
 def move_ptes(vma: Vma, old_addr: int, old_end: int, new_vma: Vma, new_addr: int) -> None:
     """mm/mremap.c : move_ptes().  Per PTE (<= v6.16): ptep_get, ptep_get_and_clear, set_pte_at.

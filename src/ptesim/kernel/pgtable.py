@@ -91,20 +91,34 @@ class PteTable:
     same bits; or, with ``step`` 0, a table a zap emptied) as just ``linear = (first, step, n)``,
     with the ``entries`` slot empty: the first
     read of ``entries`` builds the list (``__getattr__`` runs only for an empty slot, so a table
-    in list form costs nothing extra)."""
+    in list form costs nothing extra).  A table that is linear only over ``[lo, hi)`` and holds
+    ``fill`` elsewhere (one an mremap moved a part of, into or out of) is held as ``window =
+    (fill, lo, hi, first, step, n)`` (``linear`` None), expanded the same way."""
 
-    __slots__ = ("base", "entries", "linear", "mm")
+    __slots__ = ("base", "entries", "linear", "mm", "window")
 
     def __init__(self, mm: MmStruct, base: int, n: int) -> None:
         self.mm = mm
         self.base = base
         self.entries: list[int] = [0] * n
         self.linear: tuple[int, int, int] | None = None
+        self.window: tuple[int, int, int, int, int, int] | None = None
 
     def __getattr__(self, name: str) -> list[int]:
         lin = self.linear if name == "entries" else None
         if lin is None:
-            raise AttributeError(name)
+            win = self.window if name == "entries" else None
+            if win is None:
+                raise AttributeError(name)
+            fill, lo, hi, first, step, n = win
+            self.window = None
+            ents = [fill] * n
+            ents[lo:hi] = range(first + lo * step, first + hi * step, step)
+            self.entries = ents
+            fast = self.mm.kernel.fast
+            if fast is not None:
+                fast.materialised_tables.append(self)
+            return ents
         first, step, n = lin
         self.linear = None
         if not step:  # n equal entries (an emptied table): nothing to compact again
@@ -120,7 +134,16 @@ class PteTable:
         """Hold the entries ``first + i * step`` (i < n) in compact form (fast engine only)."""
         with contextlib.suppress(AttributeError):  # an empty slot (already compact)
             del self.entries
+        self.window = None
         self.linear = (first, step, n)
+
+    def make_window(self, fill: int, lo: int, hi: int, first: int, step: int, n: int) -> None:
+        """Hold entries ``first + i * step`` for ``lo <= i < hi`` and ``fill`` elsewhere in compact
+        form (fast engine only)."""
+        with contextlib.suppress(AttributeError):
+            del self.entries
+        self.linear = None
+        self.window = (fill, lo, hi, first, step, n)
 
     def __repr__(self) -> str:
         return f"<PteTable {self.base:#x} of mm{self.mm.id}>"
