@@ -40,6 +40,7 @@ longest completed prefix, itself a uniform sample.
     python tools/mutation.py --continue --budget 10   # resume an interrupted run
     python tools/mutation.py --rerun-survivors        # after adding tests: only the survivors
     python tools/mutation.py --rerun-survivors --keep-coverage --mutants '*.x_madvise__*'  # some
+    python tools/mutation.py --rerun-survivors --keep-coverage --drawn 366-687  # a window of the sample
     python tools/mutation.py --report                 # the score of what has run so far
 
 The summary (score with its 95% interval, per package, every surviving mutant with its diff) is
@@ -755,6 +756,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="GLOB",
         help="with --rerun-survivors: only the survivors whose names match (e.g. those a new test reaches)",
     )
+    ap.add_argument(
+        "--drawn",
+        metavar="FIRST-LAST",
+        help="with --rerun-survivors: only the survivors drawn in these positions of the sample "
+        "(1-based, inclusive; e.g. 366-687, the mutants run after a batch was looked at)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ptesim-mutation"))
@@ -783,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
             names = [n for n in names if res[n]["status"] != "timeout"]
         if a.mutants:
             names = [n for n in names if any(fnmatch.fnmatch(n, g) for g in a.mutants)]
+        if a.drawn:
+            first, _, last = a.drawn.partition("-")
+            if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+                ap.error(f"--drawn: {a.drawn!r} is not FIRST-LAST (1-based positions)")
+            window = set(meta["chosen"][int(first) - 1 : int(last)])
+            names = [n for n in names if n in window]
         if not a.keep_coverage:  # the workdir as it is: the sources it was sampled from
             prepare(workdir, fresh=False, tests=meta["tests"], only=meta["only"])
             generate(workdir, a.jobs)
