@@ -575,6 +575,11 @@ def check_combination(c: Combination) -> None:
             f"bad --folio {format_size(c.folio)}: must be a power-of-two multiple of the "
             f"{format_size(c.granule)} page"
         )
+    if pages == 2:
+        raise UsageError(
+            f"bad --folio {format_size(c.folio)}: anonymous mTHP has no order-1 size "
+            "(THP_ORDERS_ALL_ANON starts at order 2)"
+        )
     if c.mem % c.granule:
         raise UsageError(
             f"bad --mem {format_size(c.mem)}: not a multiple of the {format_size(c.granule)} page"

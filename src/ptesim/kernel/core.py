@@ -76,7 +76,10 @@ class Kernel:
         self.arch = make_arch(arch, self.cfg, self.hw, granule=granule, features=features)
         g = self.arch.geometry
         self.pages = PageAllocator(g.pmd_order)
-        self.thp = ThpSettings(orders=tuple(range(1, g.pmd_order + 1)))
+        # THP_ORDERS_ALL_ANON (include/linux/huge_mm.h, since v6.8's "mm: thp: support allocation
+        # of anonymous multi-size THP"): orders 2..PMD_ORDER; order 0 is not huge and order 1 is
+        # a limitation of the THP implementation, so no hugepages-8kB knob exists for anon memory
+        self.thp = ThpSettings(orders=tuple(range(2, g.pmd_order + 1)))
         self.thp.only(None)
         self.mms: list[MmStruct] = []
         self.tasks: list[Task] = []
@@ -144,11 +147,13 @@ class Kernel:
 
     def set_folio_size(self, nbytes: int, mode: str = "always") -> int:
         """Enable only anonymous folios of ``nbytes`` (base pages for the page size)."""
-        from ptesim.units import size_to_order
+        from ptesim.units import format_size, size_to_order
 
         order = size_to_order(nbytes, self.arch.page_size)
         if order > self.arch.geometry.pmd_order:
             raise UsageError(f"folio size {nbytes} is larger than the PMD size")
+        if order == 1:
+            raise UsageError(f"folio size {format_size(nbytes)}: anonymous mTHP has no order-1 size")
         self.thp.only(order or None, mode)
         return order
 
