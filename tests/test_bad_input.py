@@ -35,6 +35,10 @@ PROFILES = {
         '"local_ns.pte_read" = {lo = 0.333333,', '"local_ns.pte_read" = {typo = 1, lo = 0.333333,', 1
     ),
     "no-pct-column.csv": "cpus,fork_change\n1,5.0\n",
+    "clock-10ghz.toml": re.sub(r"(?m)^clock_ghz = .*$", "clock_ghz = 10.0", GOOD_PROFILE, count=1),
+    "unknown-fit-key.toml": re.sub(r"(?m)^\[fit\]$", "[fit]\nwarp = 1", GOOD_PROFILE, count=1),
+    "unknown-workload.csv": "table,machine,workload,op,mem,folio,mapping,cpus,baseline,variant,metric,value,"
+    "source\nseed,altra,wis-teleport,fork-exit,128M,64K,pte,1,v6.9,v6.9,throughput_change_pct,-10.4,x\n",
 }
 assert (
     "covariance = [\n  [0.0," in GOOD_PROFILE
@@ -76,6 +80,8 @@ CORPUS: list[tuple[list[str], str]] = [
     (["explain", "--mem=-1M"], "-1M"),
     (["explain", "--mem", "lots"], "lots"),
     (["explain", "--folio", "48K"], "48K"),
+    (["explain", "--folio", "8K"], "8K"),
+    (["explain", "--arch", "arm64", "--granule", "64K", "--folio", "128K"], "128K"),
     (["explain", "--folio", "4M", "--mem", "1M"], "4M"),
     (["explain", "--granule", "8K", "--arch", "arm64"], "8K"),
     (["explain", "--engine", "turbo"], "turbo"),
@@ -184,6 +190,10 @@ CORPUS: list[tuple[list[str], str]] = [
     (["latency", "fork", "--folio", "2M", "--mapping", "sideways"], "sideways"),
     (["explain", "--mapping", "sideways"], "sideways"),
     (["latency", "fork", "--profile", "{negative.toml}"], "pte_write"),
+    (["latency", "fork", "--profile", "{clock-10ghz.toml}"], "clock_ghz"),
+    (["latency", "fork", "--profile", "{unknown-fit-key.toml}"], "fit.warp"),
+    (["validate", "--tables", "{unknown-workload.csv}", "--csv"], "wis-teleport"),
+    (["calibrate", "--tables", SEED_TABLE, "--fit", "local_ns.pte_read,local_ns.pte_read"], "twice"),
     (["calibrate", "--table", "/nonexistent/t.csv"], "t.csv"),
     (["calibrate", "--fit", "no_such_param"], "no_such_param"),
     (["calibrate", "--holdout", "x"], "x"),
