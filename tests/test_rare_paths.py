@@ -331,3 +331,80 @@ def test_x86_mprotect_keeps_the_soft_dirty_bit() -> None:
         t.mprotect(a, 4 * PAGE, prot)
         pte, _, _ = walk(k, t.mm, a)
         assert pte is not None and pte & soft_dirty, prot
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
+def test_an_rwx_mapping_is_readable_and_writable(arch: str) -> None:
+    """calc_vm_prot_bits() (include/linux/mman.h): PROT_EXEC adds VM_EXEC to PROT_READ's and
+    PROT_WRITE's bits, it does not replace them -- an ``rwx`` mapping, made so by mmap or by
+    mprotect, takes a store and returns it."""
+    k = Kernel(arch, "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(2 * PAGE, "rwx")
+    t.write(a, 5)
+    assert t.read(a) == 5
+    t.mprotect(a, 2 * PAGE, "r")
+    t.mprotect(a, 2 * PAGE, "rwx")
+    t.write(a + PAGE, 6)
+    assert t.read(a + PAGE) == 6
+
+
+def test_batched_mprotect_makes_writable_exactly_the_exclusive_pages() -> None:
+    """v6.17 change_pte_range() batches the PTEs of a large folio and commits them per run of
+    pages with the same PageAnonExclusive (commit_anon_folio_batch, cac1db8c3aad): after fork
+    and the child's exit only the page the parent wrote again is exclusive (do_wp_page reused
+    it), so mprotect(PROT_READ|PROT_WRITE) makes that page's PTE, and only that one, writable
+    -- whichever page of the folio it is."""
+    from ptesim.hw.mmu import walk
+
+    for page in (3, 9):
+        k = Kernel("x86", "v6.17", checks=True)
+        k.set_folio_size(16 * PAGE)
+        t = k.spawn(0)
+        a = t.mmap(16 * PAGE)
+        for i in range(16):
+            t.write(a + i * PAGE, i)
+        t.fork(1).exit()
+        t.write(a + page * PAGE, 100)  # reused: the folio is mapped only here again
+        t.mprotect(a, 16 * PAGE, "r")
+        t.mprotect(a, 16 * PAGE, "rw")
+        writable = []
+        for i in range(16):
+            pte, _, _ = walk(k, t.mm, a + i * PAGE)
+            assert pte is not None
+            writable.append(k.arch.pte_write(pte))
+        assert writable == [i == page for i in range(16)]
+
+
+def test_tlb_check_catches_an_entry_for_another_live_page() -> None:
+    """validate_tlb(): a CPU's TLB entry that translates to a live page other than the one the
+    PTE maps is a coherence violation, named with both frames."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.kernel.check import validate_tlb
+
+    k, t, a, _ = _two_pages()
+    validate_tlb(k)
+    other = t.translate(a + PAGE)
+    k.hw.cpus[t.cpu].tlb.insert(t.mm.asid, a // PAGE, 1, other, False)
+    with pytest.raises(InvariantViolation) as e:
+        validate_tlb(k)
+    assert e.value.check == "tlb_coherence"
+    assert f"PTE says {t.translate(a):#x}" in e.value.detail
+
+
+def test_fork_child_check_wants_the_childs_entries_old() -> None:
+    """validate_fork_child(): copy_present_ptes() makes every entry it copies to the child old
+    (pte_mkold), so reclaim ages the child's pages afresh; a young one is named."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.hw.mmu import _store_leaf, walk
+    from ptesim.kernel.check import validate_fork_child
+
+    k, t, a, _ = _two_pages()
+    child = t.fork(1)
+    validate_fork_child(k, t.mm, child.mm)
+    pte, _, _ = walk(k, child.mm, a)
+    assert pte is not None and not k.arch.pte_young(pte)
+    _store_leaf(k, child.mm, a, k.arch.pte_mkyoung(pte))
+    with pytest.raises(InvariantViolation) as e:
+        validate_fork_child(k, t.mm, child.mm)
+    assert e.value.check == "fork_child_bits" and "young" in e.value.detail
