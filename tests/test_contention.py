@@ -131,3 +131,22 @@ def test_simulation_splits_the_demand_over_the_visits(visits: int) -> None:
     exact = mva(net, 4).throughput_per_ns
     sim = simulate(net, 4, visits_per_worker=1500, seed=1).throughput_per_ns
     assert sim == pytest.approx(exact, rel=0.06)
+
+
+def test_network_limits_are_inclusive_and_named() -> None:
+    """ClosedNetwork: the supported variability MAX_SCV itself is accepted (only beyond it is
+    refused), and a shared demand without a visit is refused with a message that says so."""
+    ClosedNetwork(think_ns=100.0, demand_ns=10.0, visits=1, scv=ct.MAX_SCV)
+    with pytest.raises(UsageError, match="beyond"):
+        ClosedNetwork(think_ns=100.0, demand_ns=10.0, visits=1, scv=ct.MAX_SCV * 1.01)
+    with pytest.raises(UsageError, match="visit"):
+        ClosedNetwork(think_ns=100.0, demand_ns=10.0, visits=0)
+
+
+def test_no_shared_demand_leaves_the_resource_idle() -> None:
+    """Without shared demand nobody visits the resource: no utilisation, no queue, no waiting,
+    at any CPU count."""
+    net = ClosedNetwork(think_ns=250.0, demand_ns=0.0, visits=0)
+    for n in (1, 8):
+        s = solve(net, n)
+        assert (s.utilization, s.queue, s.waiting_ns) == (0.0, 0.0, 0.0)

@@ -455,3 +455,74 @@ def test_shipped_tables_are_the_published_csvs() -> None:
     paths = shipped_tables()
     assert [Path(p).name for p in paths] == sorted(p.name for p in here.glob("*.csv"))
     assert read_tables(paths)
+
+
+def test_wis_json_steady_change_is_the_ratio_of_its_throughputs() -> None:
+    """`wis --json`: each row's steady change is its steady throughput over the baseline's, less
+    one, as the row itself reports both (to the rounding of the printed numbers), and the row
+    names the folio size and mapping it priced."""
+    rc, text = _run(
+        ["wis", "--arch", "arm64", "--profile", "altra", "--mem", "4M", "--cpus", "1,8", "--json"]
+    )
+    assert rc == 0
+    for r in json.loads(text)["rows"]:
+        ratio = r["steady_iterations_per_s"] / r["baseline_steady_iterations_per_s"]
+        assert 100 * (ratio - 1) == pytest.approx(r["steady_change_pct"], abs=0.001), r
+        assert r["folio_bytes"] == 64 << 10
+
+
+def test_profiles_list_counts_the_parameters_each_profile_marks_calibrated(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ptesim profiles`: the calibrated count of each profile is the number of its parameters
+    whose provenance `ptesim profiles NAME` shows as calibrated."""
+    rc, text = _run(["profiles", "--json"])
+    assert rc == 0
+    rows = json.loads(text)["rows"]
+    assert any(r["calibrated"] for r in rows)
+    for row in rows:
+        rc, one = _run(["profiles", row["name"], "--json"])
+        assert rc == 0
+        shown = [r for r in json.loads(one)["parameters"] if r["provenance"].startswith("calibrated")]
+        assert row["calibrated"] == len(shown), row["name"]
+
+
+def test_disk_cache_off_writes_nothing_and_on_is_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PTESIM_CACHE_DIR=off keeps counts out of every file (not even a directory named ``off``);
+    a cache directory keeps them, and a later process reads them back instead of running the
+    model again."""
+    import ptesim.cost.runs as runs
+
+    spec = runs.run_spec("fork", "x86", "v6.9", folio=64 << 10, mem=1 << 20)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PTESIM_CACHE_DIR", "off")
+    runs.clear_cache()
+    counted = runs.result(spec)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("PTESIM_CACHE_DIR", str(tmp_path / "cache"))
+    runs.clear_cache()
+    assert runs.result(spec) == counted
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 1
+    runs.clear_cache()
+
+    def no_model(spec: object) -> None:
+        raise AssertionError("ran the model instead of reading the cache")
+
+    monkeypatch.setattr(runs, "execute", no_model)
+    assert runs.result(spec) == counted
+    runs.clear_cache()
+
+
+def test_cell_selector_picks_cells_by_column_value() -> None:
+    """tables.matches(): ``table:column=value`` selects exactly the cells of that table with that
+    value in that column (the --holdout selector)."""
+    from ptesim.cost.tables import matches, read_tables, shipped_tables
+
+    cells = read_tables(shipped_tables())
+    seed = [c for c in cells if c.table == "seed"]
+    assert seed
+    picked = [c for c in cells if matches(c, "seed:cpus=8")]
+    assert picked == [c for c in seed if c.field("cpus") == "8"] and picked
+    assert [c for c in cells if matches(c, "seed")] == seed

@@ -157,3 +157,46 @@ def test_calibration_label_names_where_values_came_from() -> None:
     assert _source("calibrated: least squares") == "fit"
     label = calibration_label(load_profile("altra"))
     assert label.startswith("altra: ") and "(tables)" in label and label.endswith(" assumed")
+
+
+def test_dump_profile_annotates_each_value_with_its_own_provenance() -> None:
+    """dump_profile(): in every value section, each ``key = value`` line ends with the provenance
+    of that very parameter as a comment, so a reader of the written TOML sees where each number
+    came from (the [provenance] table is what loads back; these comments are for the reader)."""
+    p = load_profile("altra")
+    section = ""
+    seen = 0
+    for line in dump_profile(p).splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        if section not in ("local_ns", "process_ns", "shared", "shared.service_ns") or " = " not in line:
+            continue
+        key, _, rest = line.partition(" = ")
+        if "  # " not in rest:
+            continue  # shared.resource: a name, not a parameter
+        assert rest.partition("  # ")[2] == p.provenance.get(f"{section}.{key}", ""), line
+        seen += 1
+    assert seen == len(p.parameters())
+
+
+def test_fit_warning_quotes_the_bound_the_value_ended_on() -> None:
+    """FitResult.warnings(): a fitted value that ended on its lower physical bound is reported
+    with that lower bound, one on its upper bound with the upper one."""
+    from ptesim.cost.calibrate import FitResult
+
+    p = load_profile("altra")
+    (lo_key, lo_b), (hi_key, hi_b) = list(p.bounds.items())[:2]
+    assert lo_b.lo != lo_b.hi and hi_b.lo != hi_b.hi
+    res = FitResult(
+        profile=p,
+        fitted={lo_key: lo_b.lo, hi_key: hi_b.hi},
+        initial={},
+        cells=[],
+        success=True,
+        message="",
+        at_bound={lo_key: "lower", hi_key: "upper"},
+    )
+    low, high = res.warnings()
+    assert f"{lo_key} = {lo_b.lo:.4g} ended on its lower physical bound {lo_b.lo:.4g}" in low
+    assert f"{hi_key} = {hi_b.hi:.4g} ended on its upper physical bound {hi_b.hi:.4g}" in high
