@@ -408,3 +408,39 @@ def test_fork_child_check_wants_the_childs_entries_old() -> None:
     with pytest.raises(InvariantViolation) as e:
         validate_fork_child(k, t.mm, child.mm)
     assert e.value.check == "fork_child_bits" and "young" in e.value.detail
+
+
+def test_a_write_fault_maps_a_shmem_page_dirty() -> None:
+    """do_shmem_fault + finish_fault: set_pte_range() makes a write fault's entry dirty
+    (pte_mkdirty), so on arm64 without FEAT_HAFDBS -- where nothing else would set it -- the
+    first store to a shmem page takes one fault, and only a store after a read takes a second."""
+    k = Kernel("arm64", "v6.9", checks=True, cpu_features=frozenset({"no-hafdbs"}))
+    t = k.spawn(0)
+    a = t.mmap(2 * PAGE, shared=True)
+    k.sink.reset()
+    t.write(a, 5)
+    assert k.sink.totals()["fault"] == 1
+    k.sink.reset()
+    t.read(a + PAGE)
+    t.write(a + PAGE, 6)
+    assert k.sink.totals()["fault"] == 2
+    assert t.read(a) == 5 and t.read(a + PAGE) == 6
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
+def test_fork_charges_the_thp_deposit_to_the_child(arch: str) -> None:
+    """copy_huge_pmd(): the page table deposited for each PMD-mapped THP is allocated for the
+    child's mm (pte_alloc_one(dst_mm)), like the child's PUD and PMD tables, so fork's parent
+    phase allocates no page table at all."""
+    MiB = 1 << 20
+    k = Kernel(arch, "v6.9", checks=True)
+    k.set_folio_size(2 * MiB)
+    t = k.spawn(0)
+    a = t.mmap(4 * MiB)
+    t.write(a, 1)
+    t.write(a + 2 * MiB, 2)
+    k.sink.reset()
+    t.fork(1)
+    ph = k.sink.by_phase()
+    assert ph["fork_child"]["pgtable_alloc"] == 2 + 2  # PUD and PMD tables, two deposits
+    assert ph.get("fork_parent", {}).get("pgtable_alloc", 0) == 0
