@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -248,3 +249,68 @@ def test_exit_tears_down_contiguous_blocks_without_unfolding() -> None:
 
     assert converts("contpte-v1-after-opt") == 0
     assert converts("contpte-v2-01-13") > 0
+
+
+PAGE = 4096
+
+
+def test_v2_fork_write_protects_a_block_split_by_madv_dontfork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """contpte v2 #13 (ptep_set_wrprotects, contpte_set_wrprotects): a 64K block whose middle was
+    MADV_DONTFORK'd is copied in two partial chunks; each is unfolded, write-protected and offered
+    a refold.  The child sees the pages it inherited and not the others; the parent's
+    DONTFORK'd pages stay writable (no fault), its copied ones break COW on a write."""
+    import ptesim.arch.arm64.contpte as contpte
+    from ptesim.kernel.core import SegmentationFault
+
+    calls: list[int] = []
+    real = contpte.contpte_set_wrprotects
+
+    def spy(arch: Any, mm: Any, addr: int, ptep: Any, nr: int) -> None:
+        calls.append(nr)
+        real(arch, mm, addr, ptep, nr)
+
+    monkeypatch.setattr(contpte, "contpte_set_wrprotects", spy)
+    k = Kernel("arm64", "contpte-v2-01-13", checks=True)
+    k.set_folio_size(64 * 1024)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    for i in range(16):
+        t.write(a + i * PAGE, 1000 + i)
+    t.madvise(a + 4 * PAGE, 4 * PAGE, "dontfork")
+    child = t.fork(1)
+    assert sorted(calls) == [4, 8]
+    assert [child.read(a + i * PAGE) for i in (0, 3, 8, 15)] == [1000, 1003, 1008, 1015]
+    with pytest.raises(SegmentationFault):
+        child.read(a + 4 * PAGE)
+    k.sink.reset()
+    t.write(a + 5 * PAGE, 5)
+    assert k.sink.totals()["fault"] == 0
+    t.write(a, 7)
+    assert k.sink.totals()["fault"] == 1
+    assert child.read(a) == 1000 and t.read(a) == 7
+
+
+def test_local_tlbi_what_if_flushes_the_written_block_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """v6.19-local-tlbi without FEAT_HAFDBS: a store to a clean (MADV_FREE'd) writable contiguous
+    block takes a permission fault; contpte_ptep_set_access_flags() marks every entry of the block
+    dirty and young and, under the what-if, flushes the block from this CPU's TLB only
+    (local_flush_tlb_contpte at the block's start), and the store lands."""
+    calls: list[int] = []
+    k = Kernel("arm64", "v6.19-local-tlbi", checks=True, cpu_features=frozenset({"no-hafdbs"}))
+    real = k.arch.local_flush_tlb_contpte
+
+    def spy(vma: Any, addr: int) -> None:
+        calls.append(addr)
+        real(vma, addr)
+
+    monkeypatch.setattr(k.arch, "local_flush_tlb_contpte", spy)
+    k.set_folio_size(64 * 1024)
+    t = k.spawn(0)
+    a = t.mmap(32 * PAGE)
+    for i in range(32):
+        t.write(a + i * PAGE, 1000 + i)
+    t.madvise(a, 32 * PAGE, "free")
+    assert t.read(a) == 1000
+    t.write(a + 15 * PAGE, 2000)
+    assert calls == [a]
+    assert t.read(a + 15 * PAGE) == 2000 and t.read(a + 14 * PAGE) == 1014
