@@ -135,3 +135,23 @@ def test_host_measurement_is_net_of_the_measuring_process() -> None:
     by_min = {c.label.split()[-1]: c.measured_ms for c in host_cells(doc, prof, statistic="min")}
     assert by_median == {"4K": 2.0, "64K": 0.75}
     assert by_min == {"4K": 1.25, "64K": 0.5}
+
+
+def test_host_fit_provenance_names_statistic_file_and_fitted_sizes(tmp_path: Path) -> None:
+    """fit_host(): the provenance of a value fitted on host timings says which statistic was fitted
+    (the net median, or the fastest sample less the baseline), which file, and the sizes fitted
+    (the held-out ones left out); a bad result in the file is named with the file."""
+    truth = {"local_ns.mapcount": 31.0, "local_ns.folio_ref": 47.0}
+    path = tmp_path / "host.json"
+    doc = _host_doc(truth, ["4K", "16K", "64K"], 4 << 20)
+    for r in doc["results"]:
+        r["min_ms"] = r["median_ms"]
+    path.write_text(json.dumps(doc))
+    for statistic, words in (("median", "net median"), ("min", "fastest sample less the baseline")):
+        res = fit_host(str(path), load_profile("x86-host"), holdout_sizes=["16K"], statistic=statistic)
+        why = res.profile.provenance["local_ns.mapcount"]
+        assert f"host fork timings ({words}), host.json (" in why and "sizes 4K, 64K)" in why
+    doc["results"].append({"median_ms": 1.0})
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=f"^{path}: every result needs a 'size'"):
+        fit_host(str(path), load_profile("x86-host"))

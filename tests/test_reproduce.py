@@ -105,3 +105,37 @@ def test_plain_json_has_exactly_the_issue_schema(detail: tuple[dict[str, Any], P
     assert doc["rows"] == detail[0]["rows"]
     rc, text = _run(["reproduce", "seed"])
     assert rc == 0 and "max |error|" in text and "queueing" in text
+
+
+def _header(text: str, first: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {first} "))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_text_tables_name_their_columns_and_variants(detail: tuple[dict[str, Any], Path]) -> None:
+    """`reproduce seed` in text: the comparison table's columns (published before/after with the
+    model's value and interval and the error of each), then the decomposition, 'before opt' rows
+    first, its variants named as in the seed table (words, not identifiers), its note on where each
+    number comes from starting its own line."""
+    rc, text = _run(["reproduce", "seed"])
+    assert rc == 0
+    assert _header(text, "cpus") == [
+        "cpus",
+        "before opt",
+        "model (90%)",
+        "error pp",
+        "after opt",
+        "model (90%)",
+        "error pp",
+    ]
+    assert _header(text, "variant")[:3] == ["variant", "cpus", "change %"]
+    variants = [
+        ln.split("|")[1].strip()
+        for ln in text.splitlines()
+        if ln.startswith("| before") or ln.startswith("| after")
+    ]
+    assert variants == ["before opt"] * 5 + ["after opt"] * 5
+    assert (
+        "\nWhere each model number comes from (percentage points; they add up to the change).  queueing"
+        in text
+    )

@@ -331,3 +331,43 @@ def test_validation_summary_of_times_only() -> None:
     assert s["max_abs_error_pp"] is None and s["median_width_pp"] is None
     assert s["max_abs_error_seconds_pct"] == pytest.approx(10.0)
     assert s["median_width_factor"] == pytest.approx(1.2)
+
+
+def test_cross_validation_text_and_the_refit_command_in_the_provenance(
+    made_table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`calibrate --tables ... --cross-validate` in text: the leave-one-table-out table, then one
+    line summing up the held-out cells (every cell of every table once), then the discrepancy
+    each fold stored.  The written profile's provenance of a fitted value ends in the calibrate
+    command (tables by file name, the profile, the fitted names); typed again next to the table,
+    it fits the same values."""
+    import shlex
+    import tomllib
+
+    fit = ",".join(TRUTH)
+    out = tmp_path / "first.toml"
+    argv = ["calibrate", "--tables", made_table, "--profile", "altra", "--fit", fit, "--cross-validate"]
+    assert main([*argv, "--write", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Leave-one-table-out (altra)" in text
+    assert "held out: 6 cells; intervals cover " in text
+    assert "stored for tables the fit has not seen: " in text
+    why = tomllib.loads(out.read_text(encoding="utf-8"))["provenance"]["local_ns.mapcount"]
+    again = shlex.split(why[why.index("ptesim calibrate ") :].partition(". ")[0])
+    assert again[:6] == ["ptesim", "calibrate", "--tables", Path(made_table).name, "--profile", "altra"]
+    monkeypatch.chdir(Path(made_table).parent)
+    assert main([*again[1:], "--write", str(tmp_path / "again.toml"), "--json"]) == 0
+    capsys.readouterr()
+    first = tomllib.loads(out.read_text(encoding="utf-8"))["local_ns"]
+    second = tomllib.loads((tmp_path / "again.toml").read_text(encoding="utf-8"))["local_ns"]
+    assert second["mapcount"] == first["mapcount"] and second["tlbi_live_asid"] == first["tlbi_live_asid"]
+
+
+def test_validate_text_sums_up_each_role(made_table: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ptesim validate` in text: the cells, then per role (here every cell is unseen by the
+    shipped altra fit) a line with the count, the worst errors and the interval coverage."""
+    assert main(["validate", "--tables", made_table]) == 0
+    text = capsys.readouterr().out
+    assert "| fork-a#1 |" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("unseen: "))
+    assert line.startswith("unseen: 6 cells, max |error| ") and "90% intervals cover" in line
