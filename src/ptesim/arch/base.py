@@ -232,7 +232,9 @@ class Arch:
         return pte
 
     def ptep_get_and_clear_full(self, mm: MmStruct, addr: int, ptep: Ptep, full: bool) -> int:
-        return self.ptep_get_and_clear(mm, addr, ptep)
+        """Every modelled arch defines __HAVE_ARCH_PTEP_GET_AND_CLEAR_FULL (x86: native xchg;
+        arm64 and riscv: the contpte layer's), so there is no generic one here."""
+        raise NotImplementedError(f"{type(self).__name__} must define ptep_get_and_clear_full")
 
     @kfunc
     def get_and_clear_full_ptes(self, mm: MmStruct, addr: int, ptep: Ptep, nr: int, full: bool) -> int:
@@ -264,22 +266,15 @@ class Arch:
     def pte_batch_hint(self, ptep: Ptep, pte: int) -> int:
         return 1
 
-    @kfunc
     def ptep_set_access_flags(self, vma: Vma, addr: int, ptep: Ptep, entry: int, dirty: bool) -> bool:
-        """mm/pgtable-generic.c: store the more permissive entry; fix up the local TLB."""
-        changed = not self.pte_same(ptep_load(ptep), entry)
-        if changed:
-            self.set_pte_at(vma.mm, addr, ptep, entry)
-            self.flush_tlb_fix_spurious_fault(vma, addr)
-        return changed
+        """Every modelled arch defines __HAVE_ARCH_PTEP_SET_ACCESS_FLAGS (arch/x86/mm/pgtable.c,
+        arch/arm64/mm/fault.c, arch/riscv/mm/pgtable.c), so mm/pgtable-generic.c's is not here."""
+        raise NotImplementedError(f"{type(self).__name__} must define ptep_set_access_flags")
 
-    @kfunc
     def ptep_test_and_clear_young(self, vma: Vma, addr: int, ptep: Ptep) -> bool:
-        pte = ptep_load(ptep)
-        if not self.pte_young(pte):
-            return False
-        self.set_pte_at(vma.mm, addr, ptep, self.pte_mkold(pte))
-        return True
+        """Every modelled arch defines __HAVE_ARCH_PTEP_TEST_AND_CLEAR_YOUNG, so there is no
+        generic one here."""
+        raise NotImplementedError(f"{type(self).__name__} must define ptep_test_and_clear_young")
 
     @kfunc
     def clear_young_dirty_ptes(self, vma: Vma, addr: int, ptep: Ptep, nr: int, flags: int) -> None:
