@@ -371,3 +371,24 @@ def test_validate_text_sums_up_each_role(made_table: str, capsys: pytest.Capture
     assert "| fork-a#1 |" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("unseen: "))
     assert line.startswith("unseen: 6 cells, max |error| ") and "90% intervals cover" in line
+
+
+def test_validate_prices_a_will_it_scale_cell_as_wis_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A published will-it-scale cell (workload ``wis-fork-exit``) is the steady iteration's
+    throughput change: validate predicts it exactly as `ptesim wis` prices the same kernels,
+    folio, mapping and CPU count."""
+    path = tmp_path / "w.csv"
+    path.write_text(
+        HEADER + "w,altra,wis-fork-exit,fork-exit,2M,64K,pte,8,contpte-v1-base,contpte-v1-before-opt,"
+        "throughput_change_pct,-10.0,x\n",
+        encoding="utf-8",
+    )
+    assert main(["validate", "--tables", str(path), "--json"]) == 0
+    (cell,) = json.loads(capsys.readouterr().out)["cells"]
+    argv = ["wis", "--profile", "altra", "--arch", "arm64", "--preset", "contpte-v1-before-opt"]
+    argv += ["--baseline", "contpte-v1-base", "--mem", "2M", "--mapping", "pte", "--cpus", "8", "--json"]
+    assert main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert cell["predicted"] == row["steady_change_pct"]
