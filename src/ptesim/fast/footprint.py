@@ -9,13 +9,13 @@ PTE tables and counters plus 604 bytes per folio.
 The fast engine holds a uniformly populated PTE table as one linear descriptor and the folios it
 maps as one run (:mod:`ptesim.fast.memo`, "Compact state"), so for the scenarios that keep that
 form (populating, forks, exits, munmap, MADV_DONTNEED, mprotect and mremap of the whole range: a
-zap queues each run whole in the mmu_gather, mremap moves descriptors) its memory grows with the
-number of PTE tables, not
-pages: measured peak RSS of ``explain --arch x86 --folio 4K --scenario fork-first`` is 32 MB at 1G
-and 68 MB at 64G, about 1.1 KiB per 2 MiB table (parent and child); 2 KiB are assumed, plus a
-fixed allowance for the tables and runs a record expands at once, plus for MADV_DONTNEED the
-emptied tables (a list of zero entries each).  Other scenarios expand every table they touch (COW
-writes page by page, MADV_DONTNEED page by page) and are estimated as the reference engine.
+zap queues each run whole in the mmu_gather, mremap moves descriptors; a COW write or
+MADV_DONTNEED of every page, one page at a time, replays a per-table sweep record,
+:mod:`ptesim.fast.sweep`) its memory grows with the number of PTE tables, not pages: measured
+peak RSS of ``explain --arch x86 --folio 4K --scenario fork-first`` is 32 MB at 1G and 68 MB at
+64G, about 1.1 KiB per 2 MiB table (parent and child); 2 KiB are assumed, plus a fixed allowance
+for the tables and runs a record expands at once, plus for MADV_DONTNEED the emptied tables (a
+list of zero entries each).
 
 A run whose estimate exceeds half of MemAvailable is refused with one line naming the largest
 mapping that would fit, instead of growing until it is killed.
@@ -49,6 +49,8 @@ COMPACT = (
     "mprotect",
     "mprotect-threads",
     "mremap",
+    "cow-write",
+    "dontneed-pages",
 )
 #: compact scenarios that leave every PTE table emptied in list form
 EMPTIED = ("dontneed",)

@@ -93,15 +93,22 @@ class FolioRun:
     """``count`` folios of one order at consecutive PFNs from ``pfn``, every one in the state of
     ``proto`` (all fields but the PFN): the fast engine's compact form of the folios one uniform
     PTE table maps.  No kernel code sees a run: the allocator turns it back into folio objects
-    (:meth:`PageAllocator.materialise`) the moment any of its PFNs is looked up."""
+    (:meth:`PageAllocator.materialise`) the moment any of its PFNs is looked up.
 
-    __slots__ = ("count", "order", "pfn", "proto")
+    ``data_rule`` ``(first, step)``, if set, replaces the prototype's contents: page ``i`` of the
+    run (counted from its first PFN) holds ``first + i * step`` (a sweep that wrote one value per
+    page, such as a COW write of every page, leaves its new folios this way)."""
 
-    def __init__(self, pfn: int, order: int, count: int, proto: Folio) -> None:
+    __slots__ = ("count", "data_rule", "order", "pfn", "proto")
+
+    def __init__(
+        self, pfn: int, order: int, count: int, proto: Folio, data_rule: tuple[int, int] | None = None
+    ) -> None:
         self.pfn = pfn
         self.order = order
         self.count = count
         self.proto = proto
+        self.data_rule = data_rule
 
     @property
     def end_pfn(self) -> int:
@@ -151,6 +158,7 @@ class PageAllocator:
         proto = run.proto
         nr = proto.nr_pages
         by_pfn, pages = self._by_pfn, self._page_folio
+        rule = run.data_rule
         for p in range(run.pfn, run.end_pfn, nr):
             f = Folio.__new__(Folio)
             f.pfn = p
@@ -162,7 +170,11 @@ class PageAllocator:
             f.large_mapcount = proto.large_mapcount
             f.anon_exclusive = list(proto.anon_exclusive)
             f.pincount = proto.pincount
-            f.data = list(proto.data)
+            if rule is None:
+                f.data = list(proto.data)
+            else:
+                first = rule[0] + (p - run.pfn) * rule[1]
+                f.data = list(range(first, first + nr * rule[1], rule[1])) if rule[1] else [first] * nr
             f.anon = proto.anon
             f.dirty = proto.dirty
             f.freed = proto.freed

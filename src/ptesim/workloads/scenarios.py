@@ -15,6 +15,7 @@ from ptesim.errors import UsageError
 from ptesim.events import EventSink
 from ptesim.fast.footprint import check_fits
 from ptesim.fast.memo import ENGINES, FastEngine, engine_applies, memoised_table_op
+from ptesim.fast.sweep import SWEEPS, sweep
 from ptesim.kernel.config import KernelConfig, preset
 from ptesim.kernel.core import Kernel, Task
 from ptesim.kernel.mm import Vma
@@ -258,18 +259,40 @@ def sc_dontneed(k: Kernel, spec: ModelSpec) -> None:
 def sc_dontneed_pages(k: Kernel, spec: ModelSpec) -> None:
     t, addr = _populate(k, spec)
     k.sink.reset()
-    page = k.arch.page_size
-    for a in range(addr, addr + spec.mem, page):
-        t.madvise(a, page, "dontneed")
+    each_page(t, "dontneed", addr, spec.mem)
 
 
 def sc_cow_write(k: Kernel, spec: ModelSpec) -> None:
     t, addr = _populate(k, spec)
     c = t.fork(1)
     k.sink.reset()
-    page = k.arch.page_size
-    for i, a in enumerate(range(addr, addr + spec.mem, page)):
-        c.write(a, 1000 + i)
+    each_page(c, "write", addr, spec.mem, 1000)
+
+
+def each_page(t: Task, how: str, addr: int, length: int, value: int = 0) -> None:
+    """Every page of [addr, addr + length) in address order, one complete operation per page:
+    ``how`` "write" stores ``value + i`` into page ``i`` (a user store, faulting as it must),
+    "dontneed" is one ``madvise(page, page_size, MADV_DONTNEED)`` per page.  Its definition is
+    :func:`each_page_loop`; the fast engine runs that loop a PTE table at a time and replays its
+    record on equivalent tables (:mod:`ptesim.fast.sweep`)."""
+    if how not in SWEEPS:
+        raise ValueError(f"unknown sweep {how!r}")
+    eng = t.kernel.fast
+    if eng is None or not eng.usable():
+        each_page_loop(t, how, addr, addr + length, value)
+        return
+    sweep(eng, t, how, addr, length, value, each_page_loop)
+
+
+def each_page_loop(t: Task, how: str, start: int, end: int, value: int) -> None:
+    """The per-page loop of :func:`each_page` over [start, end), page ``i`` getting ``value + i``."""
+    page = t.kernel.arch.page_size
+    if how == "write":
+        for i, a in enumerate(range(start, end, page)):
+            t.write(a, value + i)
+    else:
+        for a in range(start, end, page):
+            t.madvise(a, page, "dontneed")
 
 
 def sc_mprotect(k: Kernel, spec: ModelSpec) -> None:
