@@ -11,9 +11,10 @@ alone.  The parent reads the child's peak RSS from ``wait4``.  Figures only: no 
 Operations: populate, fork-first, fork-steady (fork after a first child exited), fork-exit (one
 will-it-scale iteration: fork and the child's exit), exit-child, munmap, dontneed (MADV_DONTNEED
 of the whole range), mprotect (read-only and back), mremap (move the whole range to just past its
-end, by one 64K or contiguous block, as the ``mremap`` scenario does: every PTE is moved).  COW
-write sweeps are not among them: every write fault still runs the reference code (see
-docs/design.md, "Compact state").
+end, by one 64K or contiguous block, as the ``mremap`` scenario does: every PTE is moved),
+cow-write (after a fork the child writes every page: one COW fault per page) and dontneed-pages
+(MADV_DONTNEED one page at a time); the last two are per-page sweeps (docs/design.md, "Per-page
+sweeps").
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ OPS = (
     "dontneed",
     "mprotect",
     "mremap",
+    "cow-write",
+    "dontneed-pages",
 )
 
 
 def child(op: str, arch: str, preset: str, mem: int, folio: int, engine: str) -> None:
     """Run one operation in this process and print its timings as JSON."""
-    from ptesim.workloads.scenarios import ModelSpec, map_and_populate, mremap_offset
+    from ptesim.workloads.scenarios import ModelSpec, each_page, map_and_populate, mremap_offset
 
     spec = ModelSpec(arch=arch, preset=preset, mem=mem, folio=folio, engine=engine)
     # refused up front, as the scenario of the same name would be, if it cannot fit
@@ -54,7 +57,7 @@ def child(op: str, arch: str, preset: str, mem: int, folio: int, engine: str) ->
         c = None
         if op == "fork-steady":
             task.fork(1).exit()
-        elif op == "exit-child":
+        elif op in ("exit-child", "cow-write"):
             c = task.fork(1)
         t2 = time.perf_counter()
         if op in ("fork-first", "fork-steady"):
@@ -73,6 +76,11 @@ def child(op: str, arch: str, preset: str, mem: int, folio: int, engine: str) ->
             task.mprotect(addr, mem, "rw")
         elif op == "mremap":
             task.mremap(addr, mem, addr + mem + mremap_offset(k))
+        elif op == "cow-write":
+            assert c is not None
+            each_page(c, "write", addr, mem, 1000)
+        elif op == "dontneed-pages":
+            each_page(task, "dontneed", addr, mem)
         else:
             raise SystemExit(f"unknown op {op!r}; one of {', '.join(OPS)}")
         setup, dt = t2 - t0, time.perf_counter() - t2
