@@ -288,6 +288,15 @@ def test_v2_fork_write_protects_a_block_split_by_madv_dontfork(monkeypatch: pyte
     t.write(a, 7)
     assert k.sink.totals()["fault"] == 1
     assert child.read(a) == 1000 and t.read(a) == 7
+    k.set_folio_size(PAGE)  # an order-0 page: fork write-protects its single entry (nr == 1)
+    b = t.mmap(PAGE)
+    t.write(b, 9)
+    calls.clear()
+    child2 = t.fork(2)
+    assert child2.read(b) == 9 and child2.translate(b) == t.translate(b)
+    k.sink.reset()
+    t.write(b, 10)
+    assert k.sink.totals()["fault"] == 1 and child2.read(b) == 9
 
 
 def test_local_tlbi_what_if_flushes_the_written_block_locally(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,3 +323,29 @@ def test_local_tlbi_what_if_flushes_the_written_block_locally(monkeypatch: pytes
     t.write(a + 15 * PAGE, 2000)
     assert calls == [a]
     assert t.read(a + 15 * PAGE) == 2000 and t.read(a + 14 * PAGE) == 1014
+
+
+def test_batch_copy_stops_at_a_pinned_exclusive_page() -> None:
+    """contpte v1 #13 batch copy (copy_present_ptes with folio_nr_pages_cont_mapped): the rmap dup
+    of each page of the batch fails at a page of a pinned folio that is PageAnonExclusive
+    (folio_try_dup_anon_rmap_pte), so the batch ends there, the references taken for the rest
+    are given back, and that page is copied for the child (copy_present_page) while the others
+    stay shared.  (An exclusive page among shared ones needs large-folio reuse, so the what-if
+    --set wp_reuse_large=1.)"""
+    from ptesim.kernel.config import preset
+
+    k = Kernel("arm64", preset("contpte-v1-after-opt").with_overrides({"wp_reuse_large": "1"}), checks=True)
+    k.set_folio_size(64 * 1024)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    for i in range(16):
+        t.write(a + i * PAGE, 100 + i)
+    t.fork(1).exit()
+    t.write(a + 5 * PAGE, 55)  # reused: page 5 alone is exclusive again
+    pfn = t.pin(a + 5 * PAGE)
+    child = t.fork(1)
+    shared = [child.translate(a + i * PAGE) == t.translate(a + i * PAGE) for i in range(16)]
+    assert shared == [i != 5 for i in range(16)]
+    assert [child.read(a + i * PAGE) for i in range(16)] == [55 if i == 5 else 100 + i for i in range(16)]
+    t.unpin(pfn)
+    child.exit()

@@ -444,3 +444,23 @@ def test_fork_charges_the_thp_deposit_to_the_child(arch: str) -> None:
     ph = k.sink.by_phase()
     assert ph["fork_child"]["pgtable_alloc"] == 2 + 2  # PUD and PMD tables, two deposits
     assert ph.get("fork_parent", {}).get("pgtable_alloc", 0) == 0
+
+
+def test_views_check_reads_a_pmd_mapped_thp_through_the_page_tables() -> None:
+    """validate_views(): with nothing in the TLB, what a task reads from a PMD-mapped THP is the
+    page at the address's offset within the PMD -- the check passes on a correct model, whatever
+    page of the THP each value was written to."""
+    from ptesim.kernel.check import Oracle, validate_views
+
+    MiB = 1 << 20
+    k = Kernel("x86", "v6.9")
+    k.set_folio_size(2 * MiB)
+    t = k.spawn(0)
+    a = t.mmap(2 * MiB)
+    oracle = Oracle()
+    for i, v in ((0, 1), (1, 2), (3, 4), (511, 5)):
+        t.write(a + i * PAGE, v)
+        oracle.write(t, a + i * PAGE, v)
+    assert isinstance(t.mm.pmd_entry(a), int)  # one PMD leaf
+    k.hw.cpus[t.cpu].tlb.invalidate_all()
+    validate_views(oracle, [t])

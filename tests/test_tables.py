@@ -387,6 +387,7 @@ def test_validate_prices_a_will_it_scale_cell_as_wis_does(
     )
     assert main(["validate", "--tables", str(path), "--json"]) == 0
     (cell,) = json.loads(capsys.readouterr().out)["cells"]
+    assert (cell["id"], cell["cpus"], cell["role"]) == ("w#1", 8, "unseen")
     argv = ["wis", "--profile", "altra", "--arch", "arm64", "--preset", "contpte-v1-before-opt"]
     argv += ["--baseline", "contpte-v1-base", "--mem", "2M", "--mapping", "pte", "--cpus", "8", "--json"]
     assert main(argv) == 0
