@@ -464,3 +464,24 @@ def test_views_check_reads_a_pmd_mapped_thp_through_the_page_tables() -> None:
     assert isinstance(t.mm.pmd_entry(a), int)  # one PMD leaf
     k.hw.cpus[t.cpu].tlb.invalidate_all()
     validate_views(oracle, [t])
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64"])
+def test_fork_batches_a_folio_whose_entries_differ_only_in_the_write_bit(arch: str) -> None:
+    """folio_pte_batch() for fork (copy_present_ptes) compares entries write-protected
+    (__pte_batch_clear_ignored: pte_wrprotect(pte_mkold(pte)); FPB_RESPECT_WRITE is mprotect's
+    alone), so a folio whose one reused page is writable again is still copied as one batch:
+    one folio reference for all sixteen pages."""
+    k = Kernel(arch, "v6.15", checks=True)
+    k.set_folio_size(16 * PAGE)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    for i in range(16):
+        t.write(a + i * PAGE, i)
+    t.fork(1).exit()
+    t.write(a + 3 * PAGE, 33)  # do_wp_page reuses the large folio: that entry alone is writable
+    k.sink.reset()
+    child = t.fork(1)
+    child_phase = k.sink.by_phase()["fork_child"]
+    assert child_phase["folio_ref"] == 1 and child_phase["mapcount"] == 16
+    assert child.read(a + 3 * PAGE) == 33
