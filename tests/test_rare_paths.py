@@ -485,3 +485,48 @@ def test_fork_batches_a_folio_whose_entries_differ_only_in_the_write_bit(arch: s
     child_phase = k.sink.by_phase()["fork_child"]
     assert child_phase["folio_ref"] == 1 and child_phase["mapcount"] == 16
     assert child.read(a + 3 * PAGE) == 33
+
+
+def test_fork_child_check_looks_at_pmd_mapped_thps() -> None:
+    """validate_fork_child(): copy_huge_pmd() makes the child's PMD leaf old (pmd_mkold) too; a
+    young one, wherever the THP sits in its PMD table, is named."""
+    from ptesim.errors import InvariantViolation
+    from ptesim.hw.mmu import _store_leaf, walk
+    from ptesim.kernel.check import validate_fork_child
+
+    MiB = 1 << 20
+    k = Kernel("x86", "v6.9")
+    k.set_folio_size(2 * MiB)
+    t = k.spawn(0)
+    t.mmap(2 * MiB)  # the THP below is not the first entry of its PMD table
+    a = t.mmap(2 * MiB)
+    t.write(a, 1)
+    assert a & ((1 << 30) - 1) and isinstance(t.mm.pmd_entry(a), int)
+    child = t.fork(1)
+    validate_fork_child(k, t.mm, child.mm)
+    pmd, _, _ = walk(k, child.mm, a)
+    assert pmd is not None and not k.arch.pte_young(pmd)
+    _store_leaf(k, child.mm, a, k.arch.pte_mkyoung(pmd))
+    with pytest.raises(InvariantViolation) as e:
+        validate_fork_child(k, t.mm, child.mm)
+    assert e.value.check == "fork_child_bits" and f"{a:#x}" in e.value.detail
+
+
+@pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
+def test_mprotect_makes_an_exclusive_page_writable_at_once(arch: str) -> None:
+    """change_pte_range() with MM_CP_TRY_CHANGE_WRITABLE: making a private mapping writable again
+    maps an exclusive anonymous page writable at once (can_change_pte_writable; soft-dirty
+    tracking is off), so the next store takes no fault."""
+    from ptesim.hw.mmu import walk
+
+    k = Kernel(arch, "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(2 * PAGE)
+    t.write(a, 1)
+    t.mprotect(a, 2 * PAGE, "r")
+    t.mprotect(a, 2 * PAGE, "rw")
+    pte, _, _ = walk(k, t.mm, a)
+    assert pte is not None and k.arch.pte_write(pte)
+    k.sink.reset()
+    t.write(a, 2)
+    assert k.sink.totals()["fault"] == 0 and t.read(a) == 2
