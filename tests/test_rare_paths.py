@@ -530,3 +530,44 @@ def test_mprotect_makes_an_exclusive_page_writable_at_once(arch: str) -> None:
     k.sink.reset()
     t.write(a, 2)
     assert k.sink.totals()["fault"] == 0 and t.read(a) == 2
+
+
+def test_dontneed_clears_every_zero_page_entry() -> None:
+    """zap_present_ptes(): a zero-page entry (vm_normal_page() is NULL) is cleared alone and the
+    walk goes on at the very next entry, so MADV_DONTNEED of read-only-faulted pages leaves
+    every entry of the range empty."""
+    from ptesim.hw.mmu import walk
+
+    k = Kernel("x86", "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(4 * PAGE)
+    for i in range(3):
+        assert t.read(a + i * PAGE) == 0
+    t.madvise(a, 4 * PAGE, "dontneed")
+    assert [walk(k, t.mm, a + i * PAGE)[0] for i in range(4)] == [None] * 4
+
+
+def test_unmapping_an_order0_page_is_one_mapcount_atomic() -> None:
+    """folio_remove_rmap_ptes() on an order-0 folio: one atomic on the page's _mapcount; the
+    _nr_pages_mapped step exists only for large folios."""
+    k = Kernel("x86", "v6.9", checks=True)
+    t = k.spawn(0)
+    a = t.mmap(4 * PAGE)
+    t.write(a, 1)
+    k.sink.reset()
+    t.munmap(a, 4 * PAGE)
+    assert k.sink.totals()["mapcount"] == 1
+
+
+def test_a_munmap_beyond_the_gathers_batches_flushes_midway_and_goes_on() -> None:
+    """tlb_flush_mmu(): when the gather's batches fill (MAX_GATHER_BATCH_COUNT batches of
+    MAX_GATHER_BATCH pages), zap flushes the TLB, frees the gathered pages, empties the batches
+    (tlb_batch_pages_flush) and goes on gathering: a 48M munmap of 4K pages frees every page."""
+    k = Kernel("x86", "v6.9")
+    t = k.spawn(0)
+    before = len(k.pages.by_pfn)
+    a = t.mmap(48 << 20)
+    t.populate(a, 48 << 20)
+    assert len(k.pages.by_pfn) == before + (48 << 20) // PAGE
+    t.munmap(a, 48 << 20)
+    assert len(k.pages.by_pfn) == before
