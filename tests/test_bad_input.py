@@ -255,7 +255,9 @@ def _expand(argv: list[str], tmp: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("argv,word", CORPUS, ids=[" ".join(a) or "<none>" for a, _ in CORPUS])
+@pytest.mark.parametrize(
+    "argv,word", CORPUS, ids=[" ".join(a).replace(SEED_TABLE, "SEED_TABLE") or "<none>" for a, _ in CORPUS]
+)
 def test_bad_invocation_is_one_line_exit_2(
     argv: list[str],
     word: str,
