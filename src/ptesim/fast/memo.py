@@ -241,6 +241,8 @@ class FastEngine:
         self.linear: dict[Key, Linear | Template | bool] = {}
         #: move_ptes records and zaps of emptied tables, by compact key (False: none replayable)
         self.window_records: dict[Key, MoveRecord | EmptyZap | bool] = {}
+        #: destination tables a compact move left linear, in the order they filled up
+        self._moved: list[PteTable] = []
         #: tables turned back into lists, and tables/PFN blocks a reference run left in object form:
         #: candidates for :meth:`compact_pending`
         self.materialised_tables: list[PteTable] = []
@@ -505,6 +507,7 @@ class FastEngine:
                 kept.add(b)
         self._pending_blocks = kept
         if final:
+            self._realign_moved()
             tables, self.materialised_tables = self.materialised_tables, []
             for t in tables:
                 self._compact_table(t)
@@ -1499,6 +1502,7 @@ class FastEngine:
             self._move_settle(stab, dtab)
             return ret
         assert s is not None and d is not None
+        self._moved.append(dtab)
         rec = self.window_records.get(key)
         if type(rec) is MoveRecord:
             self.stats["linear"] += 1
@@ -1601,6 +1605,77 @@ class FastEngine:
                 tab.make_linear(bits + pfn * u, u, n)
             else:
                 tab.make_window(fill, lo, hi, bits + (pfn - lo) * u, u, n)
+
+    def _realign_moved(self) -> None:
+        """Re-compaction after mremap: a destination table filled from two source tables is linear
+        across the tail of one run and the head of the next.  Where both runs hold folios of one
+        order in one state, split them at the table's bounds so that the table maps exactly one
+        run again (the form every other compact record reads); the run's part before it, if it
+        would start in the same ``run_span`` block, gets folio objects.  Tables in the order they
+        filled up, i.e. in address order: each split leaves the next table's first run starting
+        at that table's first PFN."""
+        moved, self._moved = self._moved, []
+        seen: set[int] = set()
+        for t in moved:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            lin = t.linear
+            if lin is None or lin[1] != self._unit or t.mm.dead or t.mm.pmd_entry(t.base) is not t:
+                continue
+            self._realign(self._pfn(lin[0]))
+
+    def _realign(self, pfn: int) -> bool:
+        """Make ``[pfn, pfn + ptrs_per_pte)`` one run if two adjacent runs of one order and state
+        hold it (see :meth:`_realign_moved`)."""
+        pages = self.kernel.pages
+        n, span = self._n, pages.run_span
+        a = pages.run_at(pfn)
+        if a is None or (a.pfn == pfn and a.count << a.order == n):
+            return False
+        b = pages.run_at(pfn + n - 1)
+        nr = 1 << a.order
+        if (
+            b is None
+            or b is a
+            or a.end_pfn != b.pfn
+            or b.order != a.order
+            or (pfn - a.pfn) % nr
+            or self._folio_state(a.proto)[:-1] != self._folio_state(b.proto)[:-1]
+            or a.proto.data != b.proto.data
+        ):
+            return False
+        blocks = pages._run_blocks
+        end = pfn + n
+        for blk in (pfn // span, end // span):
+            if blocks.get(blk) not in (None, a, b):
+                return False
+        from ptesim.kernel.folio import Folio, FolioRun
+
+        for r in (a, b):
+            del pages.runs[r.pfn]
+            del blocks[r.pfn // span]
+
+        def part(lo: int, hi: int, proto: Folio) -> FolioRun:
+            p = Folio.__new__(Folio)
+            for name in Folio.__slots__:
+                v = getattr(proto, name)
+                setattr(p, name, list(v) if isinstance(v, list) else v)
+            p.pfn = lo
+            return FolioRun(lo, a.order, (hi - lo) >> a.order, p)
+
+        if a.pfn < pfn:
+            head = part(a.pfn, pfn, a.proto)
+            pages.add_run(head)
+            if head.pfn // span == pfn // span:
+                # the table's run starts in its block: its folios get objects (the first table moved)
+                pages.materialise(head.pfn)
+                pages.materialised.remove(head.pfn)
+        pages.add_run(part(pfn, end, a.proto))
+        if end < b.end_pfn:
+            pages.add_run(part(end, b.end_pfn, b.proto))
+        self.stats["realigned"] += 1
+        return True
 
     def _zap_empty(
         self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable, fill: int
