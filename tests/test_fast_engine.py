@@ -510,3 +510,30 @@ def test_sweeps_on_shared_state() -> None:
     *ref, _ = _sweep_program(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
     assert fast == ref
     assert k.fast is not None and k.fast.stats["sweep_replayed"] >= 8, k.fast.stats
+
+
+def _sweep_then_mremap(spec: ModelSpec) -> tuple[object, ...]:
+    """The child of a fork writes every page (its new folios are runs whose contents follow the
+    values written), then moves its range by one block and reads it back, forks and exits."""
+    from ptesim.workloads.scenarios import each_page, map_and_populate, mremap_offset
+
+    k = spec.build()
+    t, addr = map_and_populate(k, spec, via="fault")
+    page = k.arch.page_size
+    c = t.fork(1)
+    each_page(c, "write", addr, spec.mem, 5)
+    new = addr + spec.mem + mremap_offset(k)
+    c.mremap(addr, spec.mem, new)
+    realigned = k.fast.stats["realigned"] if k.fast else 0
+    reads = [c.read(new + i * 700 * page) for i in range(6)]
+    c.fork(2).exit()
+    c.exit()
+    return realigned, reads, machine_counts(k), machine_state(k)
+
+
+def test_mremap_after_a_sweep() -> None:
+    spec = ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=18 * MiB)
+    realigned, *fast = _sweep_then_mremap(spec)
+    _, *ref = _sweep_then_mremap(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+    assert realigned >= 4, "the runs of contents written page by page were split as well"

@@ -1642,7 +1642,7 @@ class FastEngine:
             or b.order != a.order
             or (pfn - a.pfn) % nr
             or self._folio_state(a.proto)[:-1] != self._folio_state(b.proto)[:-1]
-            or a.proto.data != b.proto.data
+            or not self._contents_continue(a, b)
         ):
             return False
         blocks = pages._run_blocks
@@ -1656,26 +1656,38 @@ class FastEngine:
             del pages.runs[r.pfn]
             del blocks[r.pfn // span]
 
-        def part(lo: int, hi: int, proto: Folio) -> FolioRun:
+        def part(lo: int, hi: int, run: FolioRun) -> FolioRun:
             p = Folio.__new__(Folio)
             for name in Folio.__slots__:
-                v = getattr(proto, name)
+                v = getattr(run.proto, name)
                 setattr(p, name, list(v) if isinstance(v, list) else v)
             p.pfn = lo
-            return FolioRun(lo, a.order, (hi - lo) >> a.order, p)
+            rule = run.data_rule
+            if rule is not None:  # page i of the part is page lo - run.pfn + i of the run
+                rule = (rule[0] + (lo - run.pfn) * rule[1], rule[1])
+            return FolioRun(lo, a.order, (hi - lo) >> a.order, p, rule)
 
         if a.pfn < pfn:
-            head = part(a.pfn, pfn, a.proto)
+            head = part(a.pfn, pfn, a)
             pages.add_run(head)
             if head.pfn // span == pfn // span:
                 # the table's run starts in its block: its folios get objects (the first table moved)
                 pages.materialise(head.pfn)
                 pages.materialised.remove(head.pfn)
-        pages.add_run(part(pfn, end, a.proto))
+        pages.add_run(part(pfn, end, a))
         if end < b.end_pfn:
-            pages.add_run(part(end, b.end_pfn, b.proto))
+            pages.add_run(part(end, b.end_pfn, b))
         self.stats["realigned"] += 1
         return True
+
+    @staticmethod
+    def _contents_continue(a: FolioRun, b: FolioRun) -> bool:
+        """Whether run ``b``, which follows ``a``, holds the contents one run continuing ``a``
+        would: the same contents in every folio, or ``b``'s data rule continuing ``a``'s."""
+        ra, rb = a.data_rule, b.data_rule
+        if ra is None or rb is None:
+            return ra is None and rb is None and a.proto.data == b.proto.data
+        return rb == (ra[0] + (b.pfn - a.pfn) * ra[1], ra[1])
 
     def _zap_empty(
         self, fn: Callable[..., Any], tlb: MmuGather, vma: Vma, addr: int, end: int, tab: PteTable, fill: int
