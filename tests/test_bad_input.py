@@ -313,12 +313,13 @@ def test_mapping_beyond_memory_is_refused_up_front(
         "mprotect",
         "cow-write",
         "dontneed-pages",
+        "mremap",
     ],
 )
 def test_compact_engine_limit_reaches_64g(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With 1 GiB available, the fast engine's compact state takes a fork, exit, munmap,
-    MADV_DONTNEED, mprotect, COW write of every page or MADV_DONTNEED page by page of 64 GiB of 4K
-    folios (a few KiB per PTE table), where the reference engine is refused at ~1 GiB (and the
+    MADV_DONTNEED, mprotect, COW write of every page, MADV_DONTNEED page by page or mremap of 64 GiB
+    of 4K folios (a few KiB per PTE table), where the reference engine is refused at ~1 GiB (and the
     fast engine too for a run it does not know to stay compact)."""
     from ptesim.fast import footprint
 
