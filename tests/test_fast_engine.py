@@ -537,3 +537,19 @@ def test_mremap_after_a_sweep() -> None:
     _, *ref = _sweep_then_mremap(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
     assert fast == ref
     assert realigned >= 4, "the runs of contents written page by page were split as well"
+
+
+def test_cow_sweep_leaves_compact_state() -> None:
+    """After the child's COW write of every page, every table of both processes is linear again
+    and every folio is in a run (the recorded tables' new folios too: their contents, one value
+    per page, are held as the run's data rule), so a later fork or exit of the child replays on
+    descriptors."""
+    spec = ModelSpec(arch="x86", preset="v6.9", folio=4 * KiB, mem=18 * MiB)
+    k = run_scenario(spec, "cow-write").kernel
+    tables = [t for mm in k.mms for t in mm.pte_tables()]
+    assert len(tables) == 18 and all(t.linear is not None for t in tables)
+    assert len(k.pages._by_pfn) == 1  # the zero page
+    rules = sorted(r.data_rule for r in k.pages.runs.values() if r.data_rule is not None)
+    assert rules == [(1000 + i * 512, 1) for i in range(9)]
+    child = max(k.mms, key=lambda m: m.id)
+    assert k.pages.pfn_to_folio(k.arch.pte_pfn(child.pte_tables()[4].entries[7])).data == [1000 + 4 * 512 + 7]

@@ -544,14 +544,15 @@ class FastEngine:
         if None in fs:
             return False
         state = self._folio_state(f0)[:-1]
-        data = f0.data
+        uniform, rule = _data_rule(fs, nr)  # type: ignore[arg-type]
+        if not uniform:
+            return False
         # by_pfn, one page_folio slot per page, the list ``fs``, the loop name, getrefcount's argument
         refs = nr + 4
         for f in fs:
             assert f is not None
             if (
                 f.order != f0.order
-                or f.data != data
                 or self._folio_state(f)[:-1] != state
                 or sys.getrefcount(f) > refs + (f is f0)
             ):
@@ -563,7 +564,7 @@ class FastEngine:
             del page_folio[p]
         from ptesim.kernel.folio import FolioRun
 
-        pages.add_run(FolioRun(block, f0.order, n // nr, f0))
+        pages.add_run(FolioRun(block, f0.order, n // nr, f0, rule))
         return True
 
     # ---- the two memoised functions ------------------------------------------------------------
@@ -1730,6 +1731,25 @@ class FastEngine:
             if ents.count(fill) == self._n and sys.getrefcount(ents) <= 3:
                 tab.make_linear(fill, 0, self._n)
         return ret
+
+
+def _data_rule(fs: list[Folio], nr: int) -> tuple[bool, tuple[int, int] | None]:
+    """How a block's contents can be held by a run: (True, None) if every folio's contents equal
+    the first one's (the prototype keeps them), (True, ``(first, step)``) if page ``i`` of the
+    block holds ``first + i * step`` (``FolioRun.data_rule``: a sweep wrote one value per page),
+    else (False, None)."""
+    data = fs[0].data
+    if all(f.data == data for f in fs):
+        return True, None
+    first = data[0]
+    step = data[1] - first if nr > 1 else fs[1].data[0] - first
+    if not step:
+        return False, None
+    for j, f in enumerate(fs):
+        lo = first + j * nr * step
+        if f.data != list(range(lo, lo + nr * step, step)):
+            return False, None
+    return True, (first, step)
 
 
 def _delta(before: Counter[str], after: Counter[str]) -> tuple[tuple[str, int], ...]:

@@ -485,6 +485,10 @@ class Sweeper:
             k.fast = eng
             for log in logs:
                 log.close()
+        # compacted again when the sweep ends, if uniform (the new folios' contents by their rule)
+        eng.materialised_tables.append(tab)
+        if pages._next_pfn > next_before:
+            eng._pending_blocks.add(next_before)
         # the table
         now = mm.pmd_entry(base)
         if now is not tab or not task.alive:
