@@ -456,6 +456,17 @@ def test_mremap_then_use_the_moved_range(arch: str, preset: str, folio: int) -> 
     assert k.fast.stats["zap_run"] > 0, k.fast.stats
 
 
+@pytest.mark.parametrize("arch,folio", [("x86", 4 * KiB), ("arm64", 64 * KiB)])
+def test_mremap_of_an_unaligned_mapping(arch: str, folio: int) -> None:
+    """The same with malloc's placement (a page of header, the range not PMD-aligned): partial
+    tables at both ends, runs split where they do not start on a block, the same machine."""
+    spec = ModelSpec(arch=arch, preset="v6.17", folio=folio, mem=8 * MiB, placement="malloc")
+    _, *fast, k = _mremap_program(spec)
+    _, *ref, _ = _mremap_program(ModelSpec(**{**spec.__dict__, "engine": "reference"}))
+    assert fast == ref
+    assert k.fast is not None and k.fast.stats["move_run"] > 0, k.fast.stats
+
+
 # ---- per-page sweeps: a COW write of every page, MADV_DONTNEED one page at a time ----------------
 
 SWEEP_CASES = [
@@ -553,3 +564,59 @@ def test_cow_sweep_leaves_compact_state() -> None:
     assert rules == [(1000 + i * 512, 1) for i in range(9)]
     child = max(k.mms, key=lambda m: m.id)
     assert k.pages.pfn_to_folio(k.arch.pte_pfn(child.pte_tables()[4].entries[7])).data == [1000 + 4 * 512 + 7]
+
+
+def _random_mremaps(spec: ModelSpec, seed: int) -> tuple[object, ...]:
+    """Mappings moved whole or in part, to destinations at random page offsets, between forks,
+    COW writes and munmaps of parts of them (the same program on either engine: it depends only
+    on the seed and on addresses)."""
+    from ptesim.workloads.scenarios import map_and_populate
+
+    rng = random.Random(seed)
+    k = spec.build()
+    t, addr = map_and_populate(k, spec, via="fault")
+    page = k.arch.page_size
+    maps = [(addr, spec.mem)]
+    reads = []
+    for _ in range(8):
+        i = rng.randrange(len(maps))
+        start, length = maps[i]
+        op = rng.choice(["move", "move", "move-part", "fork", "write", "munmap"])
+        top = max(s + n for s, n in maps)
+        dest = top + (4 << 20) + rng.choice([1, 16, 17, 512, 527, rng.randrange(1, 1024)]) * page
+        if op == "move":
+            t.mremap(start, length, dest)
+            maps[i] = (dest, length)
+        elif op == "move-part" and length >= 2 * page:
+            half = length // 2 // page * page
+            t.mremap(start, half, dest)
+            maps[i] = (start + half, length - half)
+            maps.append((dest, half))
+        elif op == "fork":
+            c = t.fork(1)
+            c.write(start + rng.randrange(length // page) * page, rng.randrange(1, 100))
+            c.exit()
+        elif op == "write":
+            t.write(start + rng.randrange(length // page) * page, rng.randrange(1, 100))
+        elif op == "munmap" and length >= 4 * page:
+            quarter = length // 4 // page * page
+            t.munmap(start + length - quarter, quarter)
+            maps[i] = (start, length - quarter)
+        start, length = maps[i]
+        reads.append(t.read(start + rng.randrange(length // page) * page))
+    return reads, machine_counts(k), machine_state(k)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_mremaps(seed: int) -> None:
+    rng = random.Random(seed)
+    arch = ARCHES[seed % len(ARCHES)]
+    spec = ModelSpec(
+        arch=arch,
+        preset=rng.choice(["v6.9", "v6.17"]),
+        folio=rng.choice([4 * KiB, 16 * KiB, 64 * KiB]),
+        mem=rng.choice([12, 18]) * MiB,
+    )
+    fast = _random_mremaps(spec, seed)
+    ref = _random_mremaps(ModelSpec(**{**spec.__dict__, "engine": "reference"}), seed)
+    assert fast == ref
