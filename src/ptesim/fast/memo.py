@@ -536,6 +536,9 @@ class FastEngine:
         f0 = by_pfn.get(block)
         if f0 is None or f0.freed or f0.zero_page:
             return False
+        if block // pages.run_span in pages._run_blocks:
+            # a shorter run (a part mremap split off) starts in this block: one run per block
+            return False
         nr = f0.nr_pages
         n = self._n
         if n % nr:
@@ -1576,8 +1579,12 @@ class FastEngine:
         if pages.runs.get(run.pfn) is run:
             return self._folio_state(run.proto)[:-1] == state and run.proto.data == data
         by_pfn = pages._by_pfn
-        for p in range(run.pfn, run.end_pfn, 1 << run.order):
+        rule, nr = run.data_rule, 1 << run.order
+        for p in range(run.pfn, run.end_pfn, nr):
             f = by_pfn.get(p)
+            if rule is not None:  # the contents the run's data rule gave this folio
+                first = rule[0] + (p - run.pfn) * rule[1]
+                data = [first + j * rule[1] for j in range(nr)]
             if f is None or f.order != run.order or self._folio_state(f)[:-1] != state or f.data != data:
                 return False
         return True
