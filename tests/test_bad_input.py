@@ -287,6 +287,8 @@ def test_bad_invocation_is_one_line_exit_2(
         ["explain", "--mem", "4G", "--folio", "4K", "--engine", "reference"],
         ["explain", "--mem", "4G", "--folio", "4K", "--scenario", "dontneed-pages", "--engine", "reference"],
         ["trace", "--mem", "8G", "--folio", "4K"],
+        # Svnapot blocks share one PPN field: no linear tables, so estimated as the reference engine
+        ["explain", "--arch", "riscv", "--preset", "v6.9-svnapot", "--mem", "8G", "--folio", "64K"],
     ],
 )
 def test_mapping_beyond_memory_is_refused_up_front(

@@ -200,6 +200,11 @@ class Arch:
         """Pages one TLB entry filled from ``pte`` may cover (contiguous hint)."""
         return 1
 
+    def ptes_linear(self, folio_pages: int) -> bool:
+        """Whether the stored entries mapping a folio of ``folio_pages`` pages step by one PFN each
+        (the form the fast engine keeps tables in; see ``ptesim.fast.footprint``)."""
+        return True
+
     # ---- generic page-table API (include/linux/pgtable.h) --------------------------------------
     @kfunc
     def ptep_get(self, ptep: Ptep) -> int:

@@ -121,6 +121,11 @@ class Riscv(ContPteArch):
     def tlb_span(self, pte: int) -> int:
         return NAPOT_PTE_NUM if self.contpte_enabled and self.pte_valid_cont(pte) else 1
 
+    def ptes_linear(self, folio_pages: int) -> bool:
+        """No, where Svnapot maps the folio: the 16 entries of a NAPOT block share one PPN field
+        (PPN[3:0] = 0b1000), so they do not step by one PFN."""
+        return not (self.contpte_enabled and folio_pages >= NAPOT_PTE_NUM)
+
     # ---- NAPOT memory encoding ------------------------------------------------------------------
     def _napot_encode(self, pte: int) -> int:
         if not pte & _PAGE_NAPOT or pte & _ENCODED:

@@ -60,7 +60,7 @@ def state_bytes(
     mem: int, page: int, folio: int, pmd: int, scenario: str | None = None, *, compact: bool = False
 ) -> int:
     """Estimated peak bytes of model state for ``mem`` of ``folio``-sized folios (``compact``:
-    the fast engine runs this machine)."""
+    the fast engine runs this machine and its tables can be linear, ``Arch.ptes_linear``)."""
     pages = mem // page
     if folio >= pmd:
         est = pages * PER_PAGE_PMD_MAPPED

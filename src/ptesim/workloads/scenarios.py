@@ -87,7 +87,9 @@ class ModelSpec:
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}; one of {', '.join(ENGINES)}")
         fast = self.engine == "fast" and engine_applies(k)
-        check_fits(self.mem, g.page_size, self.folio, g.pmd_size, scenario, compact=fast)
+        # the fast engine's compact form needs entries that step by one PFN (not Svnapot blocks)
+        compact = fast and k.arch.ptes_linear(max(1, self.folio // g.page_size))
+        check_fits(self.mem, g.page_size, self.folio, g.pmd_size, scenario, compact=compact)
         if fast:
             k.fast = FastEngine(k)
         return k
