@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ptesim.kernel.core import Kernel, SegmentationFault
+from ptesim.kernel.core import Kernel, SegmentationFault, Task
 
 PAGE = 4096
 
@@ -349,6 +349,20 @@ def test_an_rwx_mapping_is_readable_and_writable(arch: str) -> None:
     assert t.read(a + PAGE) == 6
 
 
+def _a_folio_with_one_reused_page(arch: str, preset: str, page: int) -> tuple[Kernel, Task, int]:
+    """A 16-page folio written, forked and the child gone; then ``page`` written again, which
+    do_wp_page() reuses (the folio is mapped only here again): that entry alone is writable."""
+    k = Kernel(arch, preset, checks=True)
+    k.set_folio_size(16 * PAGE)
+    t = k.spawn(0)
+    a = t.mmap(16 * PAGE)
+    for i in range(16):
+        t.write(a + i * PAGE, i)
+    t.fork(1).exit()
+    t.write(a + page * PAGE, 100)
+    return k, t, a
+
+
 def test_batched_mprotect_makes_writable_exactly_the_exclusive_pages() -> None:
     """v6.17 change_pte_range() batches the PTEs of a large folio and commits them per run of
     pages with the same PageAnonExclusive (commit_anon_folio_batch, cac1db8c3aad): after fork
@@ -358,14 +372,7 @@ def test_batched_mprotect_makes_writable_exactly_the_exclusive_pages() -> None:
     from ptesim.hw.mmu import walk
 
     for page in (3, 9):
-        k = Kernel("x86", "v6.17", checks=True)
-        k.set_folio_size(16 * PAGE)
-        t = k.spawn(0)
-        a = t.mmap(16 * PAGE)
-        for i in range(16):
-            t.write(a + i * PAGE, i)
-        t.fork(1).exit()
-        t.write(a + page * PAGE, 100)  # reused: the folio is mapped only here again
+        k, t, a = _a_folio_with_one_reused_page("x86", "v6.17", page)
         t.mprotect(a, 16 * PAGE, "r")
         t.mprotect(a, 16 * PAGE, "rw")
         writable = []
@@ -395,19 +402,27 @@ def test_tlb_check_catches_an_entry_for_another_live_page() -> None:
 def test_fork_child_check_wants_the_childs_entries_old() -> None:
     """validate_fork_child(): copy_present_ptes() makes every entry it copies to the child old
     (pte_mkold), so reclaim ages the child's pages afresh; a young one is named."""
+
+    k, t, a, _ = _two_pages()
+    assert "young" in _young_child_leaf_is_named(k, t, a)
+
+
+def _young_child_leaf_is_named(k: Kernel, t: Task, a: int) -> str:
+    """Fork ``t``; the child's leaf at ``a`` (a PTE or a PMD) is old and validate_fork_child()
+    passes; made young by hand, the check fails: its detail."""
     from ptesim.errors import InvariantViolation
     from ptesim.hw.mmu import _store_leaf, walk
     from ptesim.kernel.check import validate_fork_child
 
-    k, t, a, _ = _two_pages()
     child = t.fork(1)
     validate_fork_child(k, t.mm, child.mm)
-    pte, _, _ = walk(k, child.mm, a)
-    assert pte is not None and not k.arch.pte_young(pte)
-    _store_leaf(k, child.mm, a, k.arch.pte_mkyoung(pte))
+    leaf, _, _ = walk(k, child.mm, a)
+    assert leaf is not None and not k.arch.pte_young(leaf)
+    _store_leaf(k, child.mm, a, k.arch.pte_mkyoung(leaf))
     with pytest.raises(InvariantViolation) as e:
         validate_fork_child(k, t.mm, child.mm)
-    assert e.value.check == "fork_child_bits" and "young" in e.value.detail
+    assert e.value.check == "fork_child_bits"
+    return e.value.detail
 
 
 def test_a_write_fault_maps_a_shmem_page_dirty() -> None:
@@ -472,27 +487,17 @@ def test_fork_batches_a_folio_whose_entries_differ_only_in_the_write_bit(arch: s
     (__pte_batch_clear_ignored: pte_wrprotect(pte_mkold(pte)); FPB_RESPECT_WRITE is mprotect's
     alone), so a folio whose one reused page is writable again is still copied as one batch:
     one folio reference for all sixteen pages."""
-    k = Kernel(arch, "v6.15", checks=True)
-    k.set_folio_size(16 * PAGE)
-    t = k.spawn(0)
-    a = t.mmap(16 * PAGE)
-    for i in range(16):
-        t.write(a + i * PAGE, i)
-    t.fork(1).exit()
-    t.write(a + 3 * PAGE, 33)  # do_wp_page reuses the large folio: that entry alone is writable
+    k, t, a = _a_folio_with_one_reused_page(arch, "v6.15", 3)
     k.sink.reset()
     child = t.fork(1)
     child_phase = k.sink.by_phase()["fork_child"]
     assert child_phase["folio_ref"] == 1 and child_phase["mapcount"] == 16
-    assert child.read(a + 3 * PAGE) == 33
+    assert child.read(a + 3 * PAGE) == 100
 
 
 def test_fork_child_check_looks_at_pmd_mapped_thps() -> None:
     """validate_fork_child(): copy_huge_pmd() makes the child's PMD leaf old (pmd_mkold) too; a
     young one, wherever the THP sits in its PMD table, is named."""
-    from ptesim.errors import InvariantViolation
-    from ptesim.hw.mmu import _store_leaf, walk
-    from ptesim.kernel.check import validate_fork_child
 
     MiB = 1 << 20
     k = Kernel("x86", "v6.9")
@@ -502,14 +507,7 @@ def test_fork_child_check_looks_at_pmd_mapped_thps() -> None:
     a = t.mmap(2 * MiB)
     t.write(a, 1)
     assert a & ((1 << 30) - 1) and isinstance(t.mm.pmd_entry(a), int)
-    child = t.fork(1)
-    validate_fork_child(k, t.mm, child.mm)
-    pmd, _, _ = walk(k, child.mm, a)
-    assert pmd is not None and not k.arch.pte_young(pmd)
-    _store_leaf(k, child.mm, a, k.arch.pte_mkyoung(pmd))
-    with pytest.raises(InvariantViolation) as e:
-        validate_fork_child(k, t.mm, child.mm)
-    assert e.value.check == "fork_child_bits" and f"{a:#x}" in e.value.detail
+    assert f"{a:#x}" in _young_child_leaf_is_named(k, t, a)
 
 
 @pytest.mark.parametrize("arch", ["x86", "arm64", "riscv"])
