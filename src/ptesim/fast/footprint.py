@@ -64,6 +64,9 @@ def state_bytes(
     pages = mem // page
     if folio >= pmd:
         est = pages * PER_PAGE_PMD_MAPPED
+        if compact and scenario in COPYING:
+            # the child's copies of the split THPs: tables and runs compacted as the sweep goes
+            return est + (pages // (pmd // page) + 1) * PER_TABLE_COMPACT + COMPACT_ALLOWANCE
     elif compact and scenario in COMPACT:
         per_table = PER_TABLE_COMPACT + (pmd // page * 8 + 64 if scenario in EMPTIED else 0)
         return (pages // (pmd // page) + 1) * per_table + COMPACT_ALLOWANCE

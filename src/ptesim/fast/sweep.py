@@ -270,7 +270,7 @@ class Sweeper:
                 if not done:
                     for p in pending:
                         p.flush()
-                    ref(task, how, a, nxt, v)
+                    self._reference(task, how, a, nxt, v, ref)
                     occupied = self._occupied(span // page)
                     mine = occupied.setdefault(task.mm.asid, set())
                 a = nxt
@@ -278,6 +278,26 @@ class Sweeper:
             for p in pending:
                 p.flush()
             eng.settle()
+            eng.compact_pending()
+
+    def _reference(self, task: Task, how: str, start: int, end: int, value: int, ref: RefLoop) -> None:
+        """The reference loop over [start, end) of one table that does not qualify (a PMD-mapped
+        THP the first write splits, a partial table); the table and the folios it allocated are
+        offered for compaction as a recorded table's are, and compacted every ``_PENDING_MAX``
+        tables, so that a long sweep of such tables keeps memory bounded."""
+        from ptesim.fast.memo import _PENDING_MAX
+        from ptesim.kernel.pgtable import PteTable
+
+        eng = self.eng
+        pages = eng.kernel.pages
+        next_before = pages._next_pfn
+        ref(task, how, start, end, value)
+        tab = task.mm.pmd_entry(start) if task.alive else None
+        if isinstance(tab, PteTable):
+            eng.materialised_tables.append(tab)
+        if pages._next_pfn > next_before:
+            eng._pending_blocks.add(next_before)
+        if len(eng.materialised_tables) >= _PENDING_MAX:
             eng.compact_pending()
 
     def _occupied(self, n: int) -> dict[int | None, set[int]]:
