@@ -293,12 +293,19 @@ class Sweeper:
         next_before = pages._next_pfn
         ref(task, how, start, end, value)
         tab = task.mm.pmd_entry(start) if task.alive else None
-        if isinstance(tab, PteTable):
-            eng.materialised_tables.append(tab)
-        if pages._next_pfn > next_before:
-            eng._pending_blocks.add(next_before)
+        self._offer(tab if isinstance(tab, PteTable) else None, next_before)
         if len(eng.materialised_tables) >= _PENDING_MAX:
             eng.compact_pending()
+
+    def _offer(self, tab: PteTable | None, next_before: int) -> None:
+        """Offer a table a loop ran on, and the block of folios it allocated from ``next_before``
+        on, for compaction (done when the sweep ends, or sooner), if uniform: the new folios'
+        contents by their rule."""
+        eng = self.eng
+        if tab is not None:
+            eng.materialised_tables.append(tab)
+        if eng.kernel.pages._next_pfn > next_before:
+            eng._pending_blocks.add(next_before)
 
     def _occupied(self, n: int) -> dict[int | None, set[int]]:
         """By ASID (None: any), the PTE-table blocks (virtual page number // entries per table)
@@ -505,10 +512,7 @@ class Sweeper:
             k.fast = eng
             for log in logs:
                 log.close()
-        # compacted again when the sweep ends, if uniform (the new folios' contents by their rule)
-        eng.materialised_tables.append(tab)
-        if pages._next_pfn > next_before:
-            eng._pending_blocks.add(next_before)
+        self._offer(tab, next_before)
         # the table
         now = mm.pmd_entry(base)
         if now is not tab or not task.alive:
